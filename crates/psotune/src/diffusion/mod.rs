@@ -1,0 +1,1 @@
+//! Noise schedules and samplers: pure math, separate from models.

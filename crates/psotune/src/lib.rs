@@ -1,0 +1,13 @@
+//! psotune: tune timestep-distilled diffusion models with Pairwise Sample
+//! Optimization. The library holds everything a user could embed: the
+//! diffusers-compatible model stack, the diffusion math and the pipelines;
+//! the `psotune` binary is a thin layer over it.
+
+pub mod diffusion;
+pub mod error;
+pub mod models;
+pub mod nn;
+pub mod ops;
+pub mod pipeline;
+
+pub use error::{Error, Result};

@@ -1,0 +1,22 @@
+//! Differentiable ops that candle lacks or gets wrong for training.
+//!
+//! candle's fused `softmax_last_dim` and `layer_norm` have no backward, and
+//! the backward of `upsample_nearest2d` overwrites instead of summing; using
+//! them in a training tool silently cuts or corrupts gradients. The versions
+//! here are built from primitives whose backward candle implements, and each
+//! has a finite-difference gradient check (f64) in `gradcheck`.
+
+mod activation;
+mod attention;
+mod norm;
+mod softmax;
+mod upsample;
+
+pub use activation::{gelu_erf, geglu, quick_gelu, silu};
+pub use attention::{attention, ATTENTION_CHUNK_ELEMS};
+pub use norm::{group_norm, layer_norm};
+pub use softmax::softmax_last_dim;
+pub use upsample::{upsample_nearest2x, upsample_nearest_to};
+
+#[cfg(test)]
+pub(crate) mod gradcheck;

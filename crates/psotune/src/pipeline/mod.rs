@@ -1,0 +1,1 @@
+//! Loading a diffusers folder and running text-to-image sampling.
