@@ -430,6 +430,17 @@ def sampling_cases(is_xl: bool):
 
 
 def sample_goldens(name: str, pipe, seed: int, init_latents: torch.Tensor):
+    """End-to-end runs of the pipeline on PROMPTS[0] from `init_latents` (unit
+    variance; the pipeline multiplies it by the scheduler's init_noise_sigma).
+
+    Per case (see `sampling_cases`, and sampling.json for the resolved settings):
+      sample.{case}.latents    [1,4,8,8]  final latents (output_type="latent")
+      sample.{case}.image      [1,3,16,16] output_type="pt", in [0,1]
+      sample.{case}.timesteps  [steps] f32 the scheduler's timesteps
+      sample.{case}.noise.{k}  [1,4,8,8]  k-th noise the scheduler drew, in order
+      sample.{case}.step.{k}   [1,4,8,8]  latents after step k
+    Euler ancestral draws one noise per step (the last is multiplied by sigma_up = 0),
+    LCM one per step but the last, DDIM (eta 0) none."""
     import diffusers
 
     is_xl = "text_encoder_2" in pipe.components
@@ -440,6 +451,7 @@ def sample_goldens(name: str, pipe, seed: int, init_latents: torch.Tensor):
         cls = getattr(diffusers, cls_name)
         outputs = {}
         noises: dict[str, list[torch.Tensor]] = {}
+        step_latents: dict[str, list[torch.Tensor]] = {}
         for output_type in ("latent", "pt"):
             # A fresh scheduler per run: schedulers keep a step index between calls.
             pipe.scheduler = cls.from_config({**base_config, **overrides})
@@ -454,10 +466,22 @@ def sample_goldens(name: str, pipe, seed: int, init_latents: torch.Tensor):
                     return ids
 
                 pipe._get_add_time_ids = spy
+            steps: list[torch.Tensor] = []
+
+            def on_step_end(_pipe, _i, _t, cb_kwargs, _steps=steps):
+                _steps.append(cb_kwargs["latents"].clone())
+                return cb_kwargs
+
             with recorded_noise(seed + 10 * (i + 1), record):
                 out = pipe(
-                    PROMPTS[0], latents=init_latents.clone(), output_type=output_type, return_dict=False, **kwargs
+                    PROMPTS[0],
+                    latents=init_latents.clone(),
+                    output_type=output_type,
+                    return_dict=False,
+                    callback_on_step_end=on_step_end,
+                    **kwargs,
                 )[0]
+            step_latents[output_type] = steps
             if is_xl:
                 del pipe._get_add_time_ids
             outputs[output_type] = out
@@ -471,6 +495,11 @@ def sample_goldens(name: str, pipe, seed: int, init_latents: torch.Tensor):
         tensors[f"sample.{case}.timesteps"] = timesteps.to(torch.float32)
         for k, noise in enumerate(noises["latent"]):
             tensors[f"sample.{case}.noise.{k}"] = noise
+        # Latents after each scheduler step (the last one equals `.latents`): lets a
+        # failing sampler test say which step diverged.
+        assert torch.equal(step_latents["latent"][-1], outputs["latent"])
+        for k, latents in enumerate(step_latents["latent"]):
+            tensors[f"sample.{case}.step.{k}"] = latents
         sched_config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
         entry = {
             "scheduler": cls_name,
@@ -488,7 +517,10 @@ def sample_goldens(name: str, pipe, seed: int, init_latents: torch.Tensor):
         }
         if is_xl:
             entry["add_time_ids"] = add_time_ids[0]
-            entry["negative_add_time_ids"] = add_time_ids[1] if len(add_time_ids) > 1 else None
+            # Without negative_original_size the pipeline re-uses add_time_ids for the
+            # unconditional half of a CFG batch.
+            cfg = kwargs["guidance_scale"] > 1.0
+            entry["negative_add_time_ids"] = (add_time_ids[1] if len(add_time_ids) > 1 else add_time_ids[0]) if cfg else None
             entry["force_zeros_for_empty_prompt"] = bool(pipe.config.force_zeros_for_empty_prompt)
         info[case] = entry
     pipe.scheduler = diffusers.EulerAncestralDiscreteScheduler.from_config(base_config)
@@ -497,6 +529,24 @@ def sample_goldens(name: str, pipe, seed: int, init_latents: torch.Tensor):
 
 @torch.no_grad()
 def compute_goldens(name: str, pipe):
+    """Every golden tensor of one pipeline, all f32 except the i64 input ids.
+
+      prompt.input_ids                [2,77] i64  tokenizer(PROMPTS), padded to 77
+      text_encoder.last_hidden_state  [2,77,32]   after final_layer_norm
+      text_encoder.penultimate        [2,77,32]   hidden_states[-2] (no final norm)
+      text_encoder.pooled             [2,32]      pooler_output
+      SDXL only: prompt.input_ids_2 and text_encoder_2.* (pooled = text_embeds, the
+      projection output)
+      unet.sample [2,4,8,8], unet.timesteps [2] = [999, 261]
+      unet.encoder_hidden_states      SD2.1: text_encoder.last_hidden_state [2,77,32];
+                                      SDXL: cat(penultimate, penultimate_2) [2,77,64]
+      SDXL only: unet.text_embeds [2,32] (= text_encoder_2.pooled), unet.time_ids [2,6]
+      unet.out                        [2,4,8,8]   UNet2DConditionModel(...).sample
+      vae.image [1,3,16,16] in [-1,1]; vae.posterior_mean / vae.posterior_logvar
+      [1,4,8,8] (logvar clamped to [-30, 20] as diffusers does); vae.decode_in
+      [1,4,8,8] (an unscaled latent); vae.decoded [1,3,16,16]
+      sample.*                        see `sample_goldens`
+    """
     is_xl = name == "sdxl-tiny"
     seed = SEED[name]["inputs"]
     g = torch.Generator().manual_seed(seed)
