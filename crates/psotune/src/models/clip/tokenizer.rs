@@ -9,6 +9,7 @@
 //!    lowercase (per character);
 //! 3. split by CLIP's pattern (contractions, letter runs, single digits,
 //!    punctuation runs; whitespace dropped);
+//!    then split again by the ByteLevel pre-tokeniser's GPT-2 pattern;
 //! 4. each piece's UTF-8 bytes -> GPT-2's byte characters -> BPE with `</w>`;
 //! 5. truncate to `max_length - 2`, wrap in bos/eos, pad to `max_length`.
 //!
@@ -22,13 +23,21 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use regex::Regex;
 use serde_json::Value;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization_alignments::UnicodeNormalization;
 
 use super::bpe::{bytes_to_unicode, Bpe};
 use crate::error::{Error, Result};
 
 /// CLIP's pre-tokenizer pattern (the `Split` in tokenization_clip.py).
 const CLIP_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// The ByteLevel pre-tokeniser's own split (GPT-2's pattern), applied to each
+/// CLIP piece. CLIP pieces never hold whitespace, so GPT-2's optional leading
+/// space and its whitespace alternatives (whose look-ahead `regex` lacks) can
+/// never match and are left out. It changes only the pieces that CLIP's
+/// pattern keeps whole: "<|endoftext|>" typed in a case the special-token
+/// match misses becomes "<|", "endoftext", "|>".
+const BYTE_LEVEL_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+";
 
 /// transformers' default when a config gives none (every CLIP checkpoint says 77).
 pub const DEFAULT_MAX_LENGTH: usize = 77;
@@ -48,6 +57,7 @@ pub struct ClipTokenizer {
     specials: Vec<SpecialToken>,
     byte_chars: [char; 256],
     pattern: Regex,
+    byte_level_pattern: Regex,
     whitespace: Regex,
     bos_id: u32,
     eos_id: u32,
@@ -88,16 +98,8 @@ impl ClipTokenizer {
             (read_vocab(&vocab_path)?, read_merges(&merges_path)?)
         };
 
-        // Named special tokens: tokenizer_config.json, then (legacy, only when
-        // the config has no `added_tokens_decoder`) special_tokens_map.json
-        // overriding it, as transformers' `from_pretrained` merges them.
-        let mut named: HashMap<&str, Mention> = HashMap::new();
-        let keys = ["bos_token", "eos_token", "pad_token", "unk_token"];
-        for key in keys {
-            if let Some(m) = config.get(key).and_then(mention) {
-                named.insert(key, m);
-            }
-        }
+        // Tokens the files list explicitly, with their flags: tokenizer.json's
+        // `added_tokens` (read above) and the config's `added_tokens_decoder`.
         if let Some(decoder) = config.get("added_tokens_decoder").and_then(Value::as_object) {
             for (id, tok) in decoder {
                 let id: u32 = id.parse().map_err(|_| tok_err(&config_path, format!("added_tokens_decoder key {id:?} is not a token id")))?;
@@ -105,37 +107,38 @@ impl ClipTokenizer {
                     mentions.push(Mention { id: Some(id), ..m });
                 }
             }
-        } else {
-            let map_path = dir.join("special_tokens_map.json");
-            if let Some(map) = read_optional_json(&map_path)? {
-                for key in keys {
+        }
+        // Named special tokens, in transformers' order: tokenizer_config.json,
+        // overridden (legacy, only when the config has no
+        // `added_tokens_decoder`) by special_tokens_map.json.
+        let keys = ["bos_token", "eos_token", "unk_token", "pad_token"];
+        let mut named: Vec<Mention> = keys
+            .iter()
+            .map(|&key| {
+                let content = if key == "bos_token" { "<|startoftext|>" } else { "<|endoftext|>" };
+                config.get(key).and_then(mention).unwrap_or(Mention { content: content.into(), normalized: false, id: None })
+            })
+            .collect();
+        if config.get("added_tokens_decoder").is_none() {
+            if let Some(map) = read_optional_json(&dir.join("special_tokens_map.json"))? {
+                for (slot, key) in named.iter_mut().zip(keys) {
                     if let Some(m) = map.get(key).and_then(mention) {
-                        named.insert(key, m);
+                        *slot = m;
                     }
                 }
             }
         }
-        let name = |key: &str, default: &str| named.get(key).map_or(default.to_string(), |m| m.content.clone());
-        let (bos, eos) = (name("bos_token", "<|startoftext|>"), name("eos_token", "<|endoftext|>"));
-        let (pad, unk) = (name("pad_token", "<|endoftext|>"), name("unk_token", "<|endoftext|>"));
-        // A token named by a plain string is added with normalized = false,
-        // and the last registration wins in transformers; so a token is
-        // matched after normalisation only when every mention asks for it.
-        for key in keys {
-            match named.remove(key) {
-                Some(m) => mentions.push(m),
-                None => {
-                    let content = match key {
-                        "bos_token" => bos.clone(),
-                        "eos_token" => eos.clone(),
-                        "pad_token" => pad.clone(),
-                        _ => unk.clone(),
-                    };
-                    mentions.push(Mention { content, normalized: false, id: None });
-                }
+        let [bos, eos, unk, pad] = [0, 1, 2, 3].map(|i| named[i].content.clone());
+        // transformers maps a named token onto the listed added token of the
+        // same content (keeping that one's flags); the others are registered
+        // in order, a later registration of the same text setting its
+        // `normalized` flag (a plain string means false).
+        let explicit = mentions.len();
+        for m in named {
+            if !mentions[..explicit].iter().any(|e| e.content == m.content) {
+                mentions.push(m);
             }
         }
-
         let mut specials: Vec<SpecialToken> = Vec::new();
         for m in &mentions {
             let id = match m.id.or_else(|| vocab.get(&m.content).copied()) {
@@ -143,7 +146,7 @@ impl ClipTokenizer {
                 None => return Err(tok_err(&vocab_path, format!("special token {:?} is not in the vocabulary", m.content))),
             };
             match specials.iter_mut().find(|s| s.content == m.content) {
-                Some(s) => s.normalized &= m.normalized,
+                Some(s) => s.normalized = m.normalized,
                 None => specials.push(SpecialToken { content: m.content.clone(), id, normalized: m.normalized }),
             }
         }
@@ -160,8 +163,9 @@ impl ClipTokenizer {
 
         let bpe = Bpe::new(vocab, &merges, Some(unk_id)).map_err(|msg| tok_err(&merges_path, msg))?;
         let pattern = Regex::new(CLIP_PATTERN).map_err(|e| Error::invalid(format!("CLIP pattern: {e}")))?;
+        let byte_level_pattern = Regex::new(BYTE_LEVEL_PATTERN).map_err(|e| Error::invalid(format!("ByteLevel pattern: {e}")))?;
         let whitespace = Regex::new(r"\s+").map_err(|e| Error::invalid(format!("whitespace pattern: {e}")))?;
-        Ok(Self { bpe, specials, byte_chars: bytes_to_unicode(), pattern, whitespace, bos_id, eos_id, pad_id, max_length })
+        Ok(Self { bpe, specials, byte_chars: bytes_to_unicode(), pattern, byte_level_pattern, whitespace, bos_id, eos_id, pad_id, max_length })
     }
 
     /// `max_length` ids: bos, the text's tokens (truncated), eos, padding.
@@ -209,17 +213,22 @@ impl ClipTokenizer {
     /// NFC, whitespace runs to one space, then per-character lowercase (the
     /// `tokenizers` `Lowercase` normaliser maps each char alone, so a final
     /// capital sigma becomes σ, not ς).
+    /// NFC uses `tokenizers`' own crate and its Unicode 9 tables: a newer
+    /// table reorders marks assigned since (found by fuzzing against
+    /// transformers).
     fn normalize(&self, text: &str) -> String {
-        let nfc: String = text.nfc().collect();
+        let nfc: String = text.nfc().map(|(c, _)| c).collect();
         self.whitespace.replace_all(&nfc, " ").chars().flat_map(char::to_lowercase).collect()
     }
 
     fn tokenize_normalized(&self, text: &str, ids: &mut Vec<u32>) {
         let mut word = String::new();
-        for piece in self.pattern.find_iter(text) {
-            word.clear();
-            word.extend(piece.as_str().bytes().map(|b| self.byte_chars[b as usize]));
-            ids.extend(self.bpe.word(&word));
+        for clip_piece in self.pattern.find_iter(text) {
+            for piece in self.byte_level_pattern.find_iter(clip_piece.as_str()) {
+                word.clear();
+                word.extend(piece.as_str().bytes().map(|b| self.byte_chars[b as usize]));
+                ids.extend(self.bpe.word(&word));
+            }
         }
     }
 
@@ -403,6 +412,9 @@ mod tests {
         assert_eq!(t.encode("hi hi hi hi hi hi hi hi").unwrap(), vec![516, hi, hi, hi, hi, hi, hi, 517]);
         // Special tokens in the text are kept whole (not lowercased text).
         assert_eq!(t.tokenize("hi<|endoftext|>hi"), vec![hi, 517, hi]);
+        // Other casings are plain text, which the ByteLevel split cuts into
+        // "<|", "endoftext", "|>" ('<' = 27, '|</w>' = 347).
+        assert_eq!(&t.tokenize("<|ENDOFTEXT|>")[..2], &[27, 347]);
         // NFC: a decomposed é encodes as the composed one.
         assert_eq!(t.tokenize("e\u{301}"), t.tokenize("\u{e9}"));
     }
