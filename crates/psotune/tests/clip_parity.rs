@@ -107,8 +107,10 @@ fn fixture_tokenizers_give_the_golden_prompt_ids() {
 /// t(text, max_length=77, truncation=True).input_ids
 /// ```
 /// (the same with the sdxl-tiny folder for the third column).
+type EdgeCase = (&'static str, &'static [u32], Option<&'static [u32]>);
+
 #[rustfmt::skip]
-const EDGE_CASES: &[(&str, &[u32], Option<&[u32]>)] = &[
+const EDGE_CASES: &[EdgeCase] = &[
     ("", &[1512, 1513], None),
     (" ", &[1512, 1513], None),
     ("a photo of a dog", &[1512, 320, 1125, 539, 320, 639, 326, 1513], None),

@@ -42,6 +42,11 @@ const BYTE_LEVEL_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{
 /// transformers' default when a config gives none (every CLIP checkpoint says 77).
 pub const DEFAULT_MAX_LENGTH: usize = 77;
 
+/// token -> id.
+type Vocab = HashMap<String, u32>;
+/// One merge rule, (left, right).
+type Merge = (String, String);
+
 /// A string matched whole before BPE. `normalized` ones are matched in the
 /// normalised text (so case-insensitively), the others in the raw text.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,58 +103,7 @@ impl ClipTokenizer {
             (read_vocab(&vocab_path)?, read_merges(&merges_path)?)
         };
 
-        // Tokens the files list explicitly, with their flags: tokenizer.json's
-        // `added_tokens` (read above) and the config's `added_tokens_decoder`.
-        if let Some(decoder) = config.get("added_tokens_decoder").and_then(Value::as_object) {
-            for (id, tok) in decoder {
-                let id: u32 = id.parse().map_err(|_| tok_err(&config_path, format!("added_tokens_decoder key {id:?} is not a token id")))?;
-                if let Some(m) = mention(tok) {
-                    mentions.push(Mention { id: Some(id), ..m });
-                }
-            }
-        }
-        // Named special tokens, in transformers' order: tokenizer_config.json,
-        // overridden (legacy, only when the config has no
-        // `added_tokens_decoder`) by special_tokens_map.json.
-        let keys = ["bos_token", "eos_token", "unk_token", "pad_token"];
-        let mut named: Vec<Mention> = keys
-            .iter()
-            .map(|&key| {
-                let content = if key == "bos_token" { "<|startoftext|>" } else { "<|endoftext|>" };
-                config.get(key).and_then(mention).unwrap_or(Mention { content: content.into(), normalized: false, id: None })
-            })
-            .collect();
-        if config.get("added_tokens_decoder").is_none() {
-            if let Some(map) = read_optional_json(&dir.join("special_tokens_map.json"))? {
-                for (slot, key) in named.iter_mut().zip(keys) {
-                    if let Some(m) = map.get(key).and_then(mention) {
-                        *slot = m;
-                    }
-                }
-            }
-        }
-        let [bos, eos, unk, pad] = [0, 1, 2, 3].map(|i| named[i].content.clone());
-        // transformers maps a named token onto the listed added token of the
-        // same content (keeping that one's flags); the others are registered
-        // in order, a later registration of the same text setting its
-        // `normalized` flag (a plain string means false).
-        let explicit = mentions.len();
-        for m in named {
-            if !mentions[..explicit].iter().any(|e| e.content == m.content) {
-                mentions.push(m);
-            }
-        }
-        let mut specials: Vec<SpecialToken> = Vec::new();
-        for m in &mentions {
-            let id = match m.id.or_else(|| vocab.get(&m.content).copied()) {
-                Some(id) => id,
-                None => return Err(tok_err(&vocab_path, format!("special token {:?} is not in the vocabulary", m.content))),
-            };
-            match specials.iter_mut().find(|s| s.content == m.content) {
-                Some(s) => s.normalized = m.normalized,
-                None => specials.push(SpecialToken { content: m.content.clone(), id, normalized: m.normalized }),
-            }
-        }
+        let (specials, [bos, eos, unk, pad]) = special_tokens(dir, &config, &vocab, &vocab_path, mentions)?;
         let id_of = |s: &str| specials.iter().find(|t| t.content == s).map(|t| t.id).unwrap_or_default();
         let (bos_id, eos_id, pad_id, unk_id) = (id_of(&bos), id_of(&eos), id_of(&pad), id_of(&unk));
 
@@ -249,6 +203,67 @@ impl ClipTokenizer {
     }
 }
 
+/// Resolve the special tokens as transformers registers them. `mentions`
+/// holds tokenizer.json's `added_tokens`; returns every token to cut out of
+/// the text, and the texts of bos, eos, unk and pad.
+fn special_tokens(dir: &Path, config: &Value, vocab: &Vocab, vocab_path: &Path, mut mentions: Vec<Mention>) -> Result<(Vec<SpecialToken>, [String; 4])> {
+    let config_path = dir.join("tokenizer_config.json");
+    let tok_err = |path: &Path, msg: String| Error::Tokenizer { path: path.to_path_buf(), msg };
+    // Tokens the files list explicitly, with their flags: tokenizer.json's
+    // `added_tokens` (read above) and the config's `added_tokens_decoder`.
+    if let Some(decoder) = config.get("added_tokens_decoder").and_then(Value::as_object) {
+        for (id, tok) in decoder {
+            let id: u32 = id.parse().map_err(|_| tok_err(&config_path, format!("added_tokens_decoder key {id:?} is not a token id")))?;
+            if let Some(m) = mention(tok) {
+                mentions.push(Mention { id: Some(id), ..m });
+            }
+        }
+    }
+    // Named special tokens, in transformers' order: tokenizer_config.json,
+    // overridden (legacy, only when the config has no
+    // `added_tokens_decoder`) by special_tokens_map.json.
+    let keys = ["bos_token", "eos_token", "unk_token", "pad_token"];
+    let mut named: Vec<Mention> = keys
+        .iter()
+        .map(|&key| {
+            let content = if key == "bos_token" { "<|startoftext|>" } else { "<|endoftext|>" };
+            config.get(key).and_then(mention).unwrap_or(Mention { content: content.into(), normalized: false, id: None })
+        })
+        .collect();
+    if config.get("added_tokens_decoder").is_none() {
+        if let Some(map) = read_optional_json(&dir.join("special_tokens_map.json"))? {
+            for (slot, key) in named.iter_mut().zip(keys) {
+                if let Some(m) = map.get(key).and_then(mention) {
+                    *slot = m;
+                }
+            }
+        }
+    }
+    let [bos, eos, unk, pad] = [0, 1, 2, 3].map(|i| named[i].content.clone());
+    // transformers maps a named token onto the listed added token of the
+    // same content (keeping that one's flags); the others are registered
+    // in order, a later registration of the same text setting its
+    // `normalized` flag (a plain string means false).
+    let explicit = mentions.len();
+    for m in named {
+        if !mentions[..explicit].iter().any(|e| e.content == m.content) {
+            mentions.push(m);
+        }
+    }
+    let mut specials: Vec<SpecialToken> = Vec::new();
+    for m in &mentions {
+        let id = match m.id.or_else(|| vocab.get(&m.content).copied()) {
+            Some(id) => id,
+            None => return Err(tok_err(vocab_path, format!("special token {:?} is not in the vocabulary", m.content))),
+        };
+        match specials.iter_mut().find(|s| s.content == m.content) {
+            Some(s) => s.normalized = m.normalized,
+            None => specials.push(SpecialToken { content: m.content.clone(), id, normalized: m.normalized }),
+        }
+    }
+    Ok((specials, [bos, eos, unk, pad]))
+}
+
 /// Cut `text` at every occurrence of the tokens, leftmost first and, among
 /// matches starting at the same place, longest first (the `tokenizers`
 /// added-vocabulary rule). Yields (piece, Some(id)) for a token and
@@ -301,7 +316,7 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
-fn vocab_from_value(path: &Path, v: &Value) -> Result<HashMap<String, u32>> {
+fn vocab_from_value(path: &Path, v: &Value) -> Result<Vocab> {
     let bad = |msg: String| Error::Tokenizer { path: path.to_path_buf(), msg };
     let obj = v.as_object().ok_or_else(|| bad("the vocabulary is not a JSON object of token -> id".into()))?;
     obj.iter()
@@ -312,14 +327,14 @@ fn vocab_from_value(path: &Path, v: &Value) -> Result<HashMap<String, u32>> {
         .collect()
 }
 
-fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
+fn read_vocab(path: &Path) -> Result<Vocab> {
     let v: Value = crate::error::read_json(path)?;
     vocab_from_value(path, &v)
 }
 
 /// `merges.txt`: an optional `#version` line, then one "left right" pair per
 /// line in rank order (blank lines are skipped).
-fn read_merges(path: &Path) -> Result<Vec<(String, String)>> {
+fn read_merges(path: &Path) -> Result<Vec<Merge>> {
     let text = read_text(path)?;
     let mut merges = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -337,7 +352,7 @@ fn read_merges(path: &Path) -> Result<Vec<(String, String)>> {
 /// The vocabulary, merges and added tokens of a `tokenizers` file. Only the
 /// BPE model is read: transformers' `CLIPTokenizer` rebuilds the CLIP
 /// normaliser and pre-tokeniser itself whatever the file says.
-fn read_tokenizer_json(path: &Path, mentions: &mut Vec<Mention>) -> Result<(HashMap<String, u32>, Vec<(String, String)>)> {
+fn read_tokenizer_json(path: &Path, mentions: &mut Vec<Mention>) -> Result<(Vocab, Vec<Merge>)> {
     let bad = |msg: String| Error::Tokenizer { path: path.to_path_buf(), msg };
     let v: Value = crate::error::read_json(path)?;
     let model = v.get("model").ok_or_else(|| bad("no `model`".into()))?;
@@ -426,6 +441,31 @@ mod tests {
         let t = ClipTokenizer::from_dir(&dir).unwrap();
         assert_eq!(t.pad_id(), 0);
         assert_eq!(t.encode("hi!").unwrap(), vec![516, 512, 0, 517, 0, 0, 0, 0]);
+    }
+
+    /// transformers 5 saves only tokenizer.json + tokenizer_config.json.
+    #[test]
+    fn a_tokenizer_json_folder_encodes_the_same() {
+        let files = tmp("files");
+        write_tiny(&files, "!");
+        let dir = tmp("json");
+        std::fs::create_dir_all(&dir).unwrap();
+        let vocab: Value = serde_json::from_str(&std::fs::read_to_string(files.join("vocab.json")).unwrap()).unwrap();
+        let merges: Vec<String> = std::fs::read_to_string(files.join("merges.txt")).unwrap().lines().skip(1).map(String::from).collect();
+        let added = serde_json::json!([
+            {"id": 0, "content": "!", "normalized": false, "special": true},
+            {"id": 516, "content": "<|startoftext|>", "normalized": true, "special": true},
+            {"id": 517, "content": "<|endoftext|>", "normalized": false, "special": true}]);
+        let json = serde_json::json!({"added_tokens": added, "model": {"type": "BPE", "vocab": vocab, "merges": merges}});
+        std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+        std::fs::copy(files.join("tokenizer_config.json"), dir.join("tokenizer_config.json")).unwrap();
+        let (a, b) = (ClipTokenizer::from_dir(&files).unwrap(), ClipTokenizer::from_dir(&dir).unwrap());
+        for text in ["Hi cat's!", "", "hi<|endoftext|>"] {
+            assert_eq!(a.encode(text).unwrap(), b.encode(text).unwrap(), "{text:?}");
+        }
+        // The file marks <|startoftext|> as normalized: matched in any case.
+        assert_eq!(b.tokenize("<|STARTOFTEXT|>"), vec![516]);
+        assert_ne!(a.tokenize("<|STARTOFTEXT|>"), vec![516]);
     }
 
     #[test]
