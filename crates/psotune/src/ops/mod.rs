@@ -13,10 +13,12 @@ mod softmax;
 mod upsample;
 
 pub use activation::{gelu_erf, geglu, quick_gelu, silu};
-pub use attention::{attention, ATTENTION_CHUNK_ELEMS};
+pub use attention::{attention, attention_with_limit, ATTENTION_CHUNK_ELEMS};
 pub use norm::{group_norm, layer_norm};
 pub use softmax::softmax_last_dim;
 pub use upsample::{upsample_nearest2x, upsample_nearest_to};
 
 #[cfg(test)]
 pub(crate) mod gradcheck;
+#[cfg(test)]
+mod tests;
