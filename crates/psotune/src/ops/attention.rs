@@ -13,7 +13,7 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, MetalStorage, Result, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, MetalStorage, Result, Shape, Storage, Tensor, D};
 
 use super::softmax_last_dim;
 
@@ -28,13 +28,14 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     attention_with_limit(q, k, v, scale, ATTENTION_CHUNK_ELEMS)
 }
 
-/// [`attention`] with an explicit chunk bound. Memory bound: each chunk
+/// [`attention`] with an explicit chunk bound. f16/bf16 inputs are computed
+/// in f32 and the result rounded back. Memory bound: each chunk
 /// materialises at most `max(max_elems, Nk)` scores (a single query row over
 /// all keys cannot be split), and a few tensors of that size live at once,
 /// in the forward pass and in the backward pass alike; beyond that only
 /// O(B (Nq + Nk) (D + Dv)) is kept: q, k, v, the output and their gradients.
-/// The chunks split the query rows first and, when even one row for every
-/// batch x head entry exceeds the bound, the batch x heads dimension too.
+/// A chunk is a run of whole batch x head entries when an entry's Nq x Nk
+/// scores fit the bound, else a run of query rows within one entry.
 pub fn attention_with_limit(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, max_elems: usize) -> Result<Tensor> {
     let (b, nq, d) = q.dims3()?;
     let (bk, nk, dk) = k.dims3()?;
@@ -46,7 +47,8 @@ pub fn attention_with_limit(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, max_
         candle_core::bail!("attention: empty input q {:?}, k {:?}", q.dims(), k.dims());
     }
     let plan = Chunking::new(b, nq, nk, max_elems);
-    let out = plan.forward(&q.detach().contiguous()?, &k.detach().contiguous()?, &v.detach().contiguous()?, scale)?;
+    let c = |t: &Tensor| t.detach().to_dtype(compute_dtype(q.dtype()))?.contiguous();
+    let out = plan.forward(&c(q)?, &c(k)?, &c(v)?, scale)?.to_dtype(q.dtype())?;
     if !(q.track_op() || k.track_op() || v.track_op()) {
         return Ok(out);
     }
@@ -130,6 +132,16 @@ impl Chunking {
     }
 }
 
+/// Half-precision inputs are attended in f32, as PyTorch's CPU
+/// `scaled_dot_product_attention` accumulates: a softmax over thousands of
+/// keys summed in bf16 is wrong by more than the output's own size.
+fn compute_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
 /// softmax(q k^T * scale) for one chunk; `kt` is k transposed.
 fn probs(q: &Tensor, kt: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last_dim(&(q.matmul(kt)? * scale)?)
@@ -201,9 +213,9 @@ impl CustomOp3 for AttentionBackward {
     fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Detached, so the recomputed chunks are not recorded in a graph that
         // would keep them alive.
-        let c = |t: &Tensor| t.detach().contiguous();
+        let c = |t: &Tensor| t.detach().to_dtype(compute_dtype(q.dtype()))?.contiguous();
         let [dq, dk, dv] = self.plan.backward(&c(q)?, &c(k)?, &c(v)?, &c(grad)?, self.scale)?;
-        Ok((Some(dq), Some(dk), Some(dv)))
+        Ok((Some(dq.to_dtype(q.dtype())?), Some(dk.to_dtype(k.dtype())?), Some(dv.to_dtype(v.dtype())?)))
     }
 }
 

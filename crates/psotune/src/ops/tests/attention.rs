@@ -91,3 +91,28 @@ fn attention_rejects_mismatched_shapes() {
     assert!(attention(&q, &k.narrow(0, 0, 2).unwrap(), &v, SCALE).is_err());
     assert!(attention(&q, &k.narrow(2, 0, 2).unwrap(), &v, SCALE).is_err());
 }
+
+/// f16/bf16 attention over 4096 keys stays close to f32 on the same
+/// (rounded) inputs, forward and backward; with the softmax summed in bf16
+/// the output was off by ten times its own size.
+#[test]
+fn half_precision_attention_close_to_f32() {
+    let (b, n, d) = (2, 4096, 16);
+    let inputs = [det(&[b, 8, d], 1), (det(&[b, n, d], 2) * 0.3).unwrap(), det(&[b, n, d], 3)];
+    for (dt, tol) in [(DType::F16, 2e-3), (DType::BF16, 1e-2)] {
+        let vars = inputs.each_ref().map(|t| Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap());
+        let f32s = vars.each_ref().map(|v| Var::from_tensor(&v.as_tensor().to_dtype(DType::F32).unwrap()).unwrap());
+        let out = attention(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor(), 0.25).unwrap();
+        let want = attention(f32s[0].as_tensor(), f32s[1].as_tensor(), f32s[2].as_tensor(), 0.25).unwrap();
+        assert_eq!(out.dtype(), dt);
+        let rel = |a: &Tensor, b: &Tensor| max_diff(a, b) / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        assert!(rel(&out, &want) < tol, "{dt:?} forward: {}", rel(&out, &want));
+        let g = project(&out, 7).unwrap().backward().unwrap();
+        let gw = project(&want, 7).unwrap().backward().unwrap();
+        for (v, w) in vars.iter().zip(&f32s) {
+            let (gv, gw) = (g.get(v).unwrap(), gw.get(w).unwrap());
+            assert_eq!(gv.dtype(), dt);
+            assert!(rel(gv, gw) < tol, "{dt:?} gradient: {}", rel(gv, gw));
+        }
+    }
+}
