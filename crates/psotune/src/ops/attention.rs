@@ -13,9 +13,9 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, MetalStorage, Result, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, MetalStorage, Result, Shape, Storage, Tensor, D};
 
-use super::softmax_last_dim;
+use super::{compute_dtype, softmax_last_dim};
 
 /// Upper bound on score-matrix elements materialised at once (64 MiB in f32).
 pub const ATTENTION_CHUNK_ELEMS: usize = 1 << 24;
@@ -29,7 +29,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 }
 
 /// [`attention`] with an explicit chunk bound. f16/bf16 inputs are computed
-/// in f32 and the result rounded back. Memory bound: each chunk
+/// in f32 and the result rounded back, as PyTorch's CPU
+/// `scaled_dot_product_attention` accumulates (a softmax over 4096 keys
+/// summed in bf16 is off by more than the output's own size). Memory bound: each chunk
 /// materialises at most `max(max_elems, Nk)` scores (a single query row over
 /// all keys cannot be split), and a few tensors of that size live at once,
 /// in the forward pass and in the backward pass alike; beyond that only
@@ -129,16 +131,6 @@ impl Chunking {
             }
         }
         Ok([Tensor::cat(&dqs, 0)?, Tensor::cat(&dks, 0)?, Tensor::cat(&dvs, 0)?])
-    }
-}
-
-/// Half-precision inputs are attended in f32, as PyTorch's CPU
-/// `scaled_dot_product_attention` accumulates: a softmax over thousands of
-/// keys summed in bf16 is wrong by more than the output's own size.
-fn compute_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::F16 | DType::BF16 => DType::F32,
-        d => d,
     }
 }
 

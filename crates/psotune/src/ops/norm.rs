@@ -3,14 +3,9 @@
 //! result is rounded once, as PyTorch's CPU kernels do (`opmath_t`); summing
 //! thousands of f16 activations in f16 would lose precision or overflow.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 
-fn compute_dtype(x: &Tensor) -> DType {
-    match x.dtype() {
-        DType::F16 | DType::BF16 => DType::F32,
-        d => d,
-    }
-}
+use super::compute_dtype;
 
 /// (x - mean) / sqrt(var + eps) over the last dimension (biased variance).
 fn normalize_last_dim(x: &Tensor, eps: f64) -> Result<Tensor> {
@@ -23,7 +18,7 @@ fn normalize_last_dim(x: &Tensor, eps: f64) -> Result<Tensor> {
 /// `torch.nn.functional.layer_norm` over the last dimension, then scale and
 /// shift (weights of the last dimension's size).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let ct = compute_dtype(x);
+    let ct = compute_dtype(x.dtype());
     let out = normalize_last_dim(&x.to_dtype(ct)?, eps)?.broadcast_mul(&weight.to_dtype(ct)?)?;
     let out = match bias {
         Some(b) => out.broadcast_add(&b.to_dtype(ct)?)?,
@@ -40,7 +35,7 @@ pub fn group_norm(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps
     if dims.len() < 2 || groups == 0 || dims[1] % groups != 0 {
         candle_core::bail!("group_norm: {groups} groups do not divide the channels of shape {dims:?}");
     }
-    let ct = compute_dtype(x);
+    let ct = compute_dtype(x.dtype());
     let normed = normalize_last_dim(&x.to_dtype(ct)?.reshape((dims[0], groups, ()))?, eps)?.reshape(dims.as_slice())?;
     let mut affine_shape = vec![1usize; dims.len()];
     affine_shape[1] = dims[1];
