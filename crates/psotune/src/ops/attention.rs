@@ -28,16 +28,19 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
     attention_with_limit(q, k, v, scale, ATTENTION_CHUNK_ELEMS)
 }
 
-/// [`attention`] with an explicit chunk bound. f16/bf16 inputs are computed
-/// in f32 and the result rounded back, as PyTorch's CPU
-/// `scaled_dot_product_attention` accumulates (a softmax over 4096 keys
-/// summed in bf16 is off by more than the output's own size). Memory bound: each chunk
-/// materialises at most `max(max_elems, Nk)` scores (a single query row over
-/// all keys cannot be split), and a few tensors of that size live at once,
-/// in the forward pass and in the backward pass alike; beyond that only
-/// O(B (Nq + Nk) (D + Dv)) is kept: q, k, v, the output and their gradients.
-/// A chunk is a run of whole batch x head entries when an entry's Nq x Nk
-/// scores fit the bound, else a run of query rows within one entry.
+/// [`attention`] with an explicit chunk bound.
+///
+/// Memory bound: each chunk materialises at most `max(max_elems, Nk)` scores
+/// (a single query row over all keys cannot be split), and a few tensors of
+/// that size live at once, in the forward pass and in the backward pass
+/// alike; beyond that only O(B (Nq + Nk) (D + Dv)) is kept: q, k, v, the
+/// output and their gradients. A chunk is a run of whole batch x head
+/// entries when an entry's Nq x Nk scores fit the bound, else a run of query
+/// rows within one entry.
+///
+/// f16/bf16 inputs are computed in f32 and the result rounded back, as
+/// PyTorch's CPU `scaled_dot_product_attention` accumulates: a softmax over
+/// 4096 keys summed in bf16 is off by more than the output's own size.
 pub fn attention_with_limit(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, max_elems: usize) -> Result<Tensor> {
     let (b, nq, d) = q.dims3()?;
     let (bk, nk, dk) = k.dims3()?;
