@@ -187,6 +187,43 @@ mod tests {
         }
     }
 
+    /// Whole 4-step chains with a toy model (out = 0.3 * input + 0.1), to
+    /// check init sigma, input scaling and step order together
+    /// (/tmp/mathref/chain.py; testdata's X and NOISE):
+    /// ```python
+    /// s.set_timesteps(4); lat = X * s.init_noise_sigma
+    /// for t in s.timesteps:   # randn_tensor patched: k-th draw is NOISE * (1 + 0.25 k)
+    ///     out = 0.3 * s.scale_model_input(lat, t) + 0.1
+    ///     lat = s.step(out, t, lat).prev_sample
+    /// ```
+    #[test]
+    #[rustfmt::skip] // one reference array per line
+    fn four_step_chains_match_diffusers() {
+        use super::testdata::{assert_close, inputs};
+        use crate::diffusion::BetaSchedule;
+        let (x, _, noise) = inputs();
+        let lcm = SchedulerConfig {
+            beta_start: 0.00085, beta_end: 0.012, beta_schedule: BetaSchedule::ScaledLinear,
+            ..SchedulerConfig::defaults_for("LCMScheduler")
+        };
+        let cases = [
+            (SamplerKind::EulerAncestral, SchedulerConfig::sd_turbo(),
+             [5.473146438598633, 14.750884056091309, 9.621108055114746, -0.8351760506629944, -4.596100330352783, -2.7605512142181396, -4.830145835876465, -11.585298538208008]),
+            (SamplerKind::Lcm, lcm,
+             [5.018636226654053, 13.485280990600586, 8.055691719055176, -1.981558084487915, -4.730775356292725, -1.795289158821106, -3.2802538871765137, -10.258551597595215]),
+        ];
+        for (kind, config, want) in cases {
+            let s = build_sampler(kind, &config, &Timesteps::Steps(4)).unwrap();
+            let mut lat = x.affine(s.init_noise_sigma(), 0.0).unwrap();
+            for i in 0..s.num_steps() {
+                let out = s.scale_model_input(&lat, i).unwrap().affine(0.3, 0.1).unwrap();
+                let z = noise.affine(1.25 + 0.25 * i as f64, 0.0).unwrap();
+                lat = s.step(i, &lat, &out, Some(&z)).unwrap().prev;
+            }
+            assert_close(&lat, &want, 1e-5);
+        }
+    }
+
     #[test]
     fn kinds_from_diffusers_class_names() {
         assert_eq!(SamplerKind::from_class_name("LCMScheduler"), Some(SamplerKind::Lcm));
