@@ -116,11 +116,13 @@ pub struct UNetConfig {
     pub conv_out_kernel: usize,
 }
 
+/// An int-or-list key. `Many` is tried first so that, nested, `[1, 2]` reads
+/// as a list of ints rather than as one inner list.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum OneOrMany<T> {
-    One(T),
     Many(Vec<T>),
+    One(T),
 }
 
 /// Reads keys out of the JSON object with the file and key in every error.
