@@ -229,3 +229,70 @@ impl UpBlock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::unet::testing::{random_weights, weights};
+    use crate::ops::gradcheck::{check, det_tensor, project};
+
+    const RESNET: ResnetSpec = ResnetSpec { temb_channels: 6, groups: 2, eps: 1e-5 };
+
+    fn cross_attn_down(vb: VarBuilder, linear: bool) -> Result<DownBlock> {
+        let attn = AttentionSpec {
+            heads: 2,
+            cross_attention_dim: 5,
+            use_linear_projection: linear,
+            only_cross_attention: false,
+            upcast_attention: false,
+        };
+        DownBlock::load(vb, 4, 8, &[1], RESNET, Some(attn), true, 1)
+    }
+
+    /// Finite differences through a whole CrossAttnDownBlock2D (resnet,
+    /// transformer with self/cross attention and GEGLU, downsampler): the
+    /// input, the text states, the time embedding and weights of each part.
+    #[test]
+    fn cross_attn_down_block_gradients_match_finite_differences() {
+        for linear in [true, false] {
+            let base = random_weights(|vb| cross_attn_down(vb, linear));
+            let keys = [
+                "resnets.0.conv1.weight",
+                "attentions.0.norm.weight",
+                "attentions.0.proj_in.weight",
+                "attentions.0.transformer_blocks.0.attn1.to_q.weight",
+                "attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                "attentions.0.transformer_blocks.0.norm3.bias",
+                "attentions.0.transformer_blocks.0.ff.net.2.weight",
+                "downsamplers.0.conv.bias",
+            ];
+            let mut inputs = vec![det_tensor(&[1, 4, 4, 4], 1), det_tensor(&[1, 3, 5], 2), det_tensor(&[1, 6], 3)];
+            inputs.extend(keys.iter().map(|k| base[*k].clone()));
+            let worst = check(&inputs, |a| {
+                let mut map = base.clone();
+                for (k, t) in keys.iter().zip(&a[3..]) {
+                    map.insert(k.to_string(), t.clone());
+                }
+                let w = weights(map);
+                let block = cross_attn_down(w.var_builder(), linear)?;
+                let (y, states) = block.forward(&a[0], &a[2], Some(&a[1]))?;
+                project(&y, 7)? + project(&states[0], 8)?
+            })
+            .unwrap();
+            assert!(worst < 1e-5, "linear={linear}: worst relative error {worst}");
+        }
+    }
+
+    #[test]
+    fn strict_load_uses_every_key() {
+        let map = random_weights(|vb| cross_attn_down(vb, false));
+        let w = weights(map);
+        cross_attn_down(w.var_builder(), false).unwrap();
+        w.finish().unwrap();
+        // The same weights do not fit the Linear-projection layout.
+        let w = weights(random_weights(|vb| cross_attn_down(vb, false)));
+        cross_attn_down(w.var_builder(), true).unwrap();
+        let msg = w.finish().unwrap_err().to_string();
+        assert!(msg.contains("proj_in.weight"), "{msg}");
+    }
+}

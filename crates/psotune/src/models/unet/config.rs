@@ -145,6 +145,13 @@ impl Reader<'_> {
         }
     }
 
+    /// A boolean key. An explicit `null` is false, as diffusers' `if flag:`
+    /// reads the `None` it is given (SDXL's config has
+    /// `"upcast_attention": null`).
+    fn flag(&self, key: &str, default: bool) -> Result<bool> {
+        Ok(self.get::<Option<bool>>(key, Some(default))?.unwrap_or(false))
+    }
+
     /// Reject any value but the ones listed (diffusers' default first).
     fn only<T>(&self, key: &str, default: T, allowed: &[T], why: &str) -> Result<T>
     where
@@ -225,9 +232,13 @@ impl UNetConfig {
         // not build.
         r.only::<Option<String>>("class_embed_type", None, &[None], "class embeddings are not implemented")?;
         r.only::<Option<usize>>("num_class_embeds", None, &[None], "class embeddings are not implemented")?;
-        r.only("class_embeddings_concat", false, &[false], "class embeddings are not implemented")?;
+        if r.flag("class_embeddings_concat", false)? {
+            return Err(r.err("class_embeddings_concat", "true is not supported: class embeddings are not implemented"));
+        }
         r.only("resnet_time_scale_shift", "default".to_string(), &["default".to_string()], "only \"default\" resnets are implemented")?;
-        r.only("dual_cross_attention", false, &[false], "DualTransformer2DModel is not implemented")?;
+        if r.flag("dual_cross_attention", false)? {
+            return Err(r.err("dual_cross_attention", "true is not supported: DualTransformer2DModel is not implemented"));
+        }
         r.only("attention_type", "default".to_string(), &["default".to_string()], "GLIGEN attention is not implemented")?;
         r.only("time_embedding_type", "positional".to_string(), &["positional".to_string()], "only sinusoidal time embeddings are implemented")?;
         let act: String = r.get("act_fn", "silu".to_string())?;
@@ -293,8 +304,11 @@ impl UNetConfig {
         }
 
         let layers_per_block = r.per_block("layers_per_block", r.get("layers_per_block", OneOrMany::One(2usize))?, n)?;
-        let only_cross_attention =
-            r.per_block("only_cross_attention", r.get("only_cross_attention", OneOrMany::One(false))?, n)?;
+        let only_cross_attention: Vec<bool> = r
+            .per_block("only_cross_attention", r.get("only_cross_attention", OneOrMany::One(Some(false)))?, n)?
+            .into_iter()
+            .map(|b| b.unwrap_or(false))
+            .collect();
         let cross_attention_dim =
             r.per_block("cross_attention_dim", r.get("cross_attention_dim", OneOrMany::One(1280usize))?, n)?;
         let heads: Vec<Option<usize>> =
@@ -415,8 +429,8 @@ impl UNetConfig {
             in_channels: r.get("in_channels", 4)?,
             out_channels: r.get("out_channels", 4)?,
             sample_size,
-            center_input_sample: r.get("center_input_sample", false)?,
-            flip_sin_to_cos: r.get("flip_sin_to_cos", true)?,
+            center_input_sample: r.flag("center_input_sample", false)?,
+            flip_sin_to_cos: r.flag("flip_sin_to_cos", true)?,
             freq_shift: r.get("freq_shift", 0.0)?,
             down_block_types,
             mid_block_type,
@@ -433,8 +447,8 @@ impl UNetConfig {
             mid_block_scale_factor: r.get("mid_block_scale_factor", 1.0)?,
             norm_num_groups,
             norm_eps: r.get("norm_eps", 1e-5)?,
-            use_linear_projection: r.get("use_linear_projection", false)?,
-            upcast_attention: r.get("upcast_attention", false)?,
+            use_linear_projection: r.flag("use_linear_projection", false)?,
+            upcast_attention: r.flag("upcast_attention", false)?,
             time_embed_dim,
             time_embedding_act_fn: activation(&r, "time_embedding_act_fn", r.get("time_embedding_act_fn", None)?)?,
             timestep_post_act: activation(&r, "timestep_post_act", r.get("timestep_post_act", None)?)?,
@@ -457,5 +471,134 @@ fn clone_oom(x: &OneOrMany<usize>) -> OneOrMany<usize> {
     match x {
         OneOrMany::One(n) => OneOrMany::One(*n),
         OneOrMany::Many(v) => OneOrMany::Many(v.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<UNetConfig> {
+        UNetConfig::from_json(json, "unet/config.json")
+    }
+
+    /// The key parts of stabilityai/stable-diffusion-xl-base-1.0 unet/config.json.
+    const SDXL: &str = r#"{
+        "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.19.0.dev0",
+        "act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
+        "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "attention_type": "default",
+        "block_out_channels": [320, 640, 1280], "center_input_sample": false,
+        "class_embed_type": null, "class_embeddings_concat": false, "conv_in_kernel": 3, "conv_out_kernel": 3,
+        "cross_attention_dim": 2048, "cross_attention_norm": null,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "downsample_padding": 1, "dropout": 0.0, "dual_cross_attention": false, "encoder_hid_dim": null,
+        "encoder_hid_dim_type": null, "flip_sin_to_cos": true, "freq_shift": 0, "in_channels": 4,
+        "layers_per_block": 2, "mid_block_only_cross_attention": null, "mid_block_scale_factor": 1,
+        "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05, "norm_num_groups": 32,
+        "num_attention_heads": null, "num_class_embeds": null, "only_cross_attention": false,
+        "out_channels": 4, "projection_class_embeddings_input_dim": 2816,
+        "resnet_out_scale_factor": 1.0, "resnet_skip_time_act": false, "resnet_time_scale_shift": "default",
+        "sample_size": 128, "time_cond_proj_dim": null, "time_embedding_act_fn": null,
+        "time_embedding_dim": null, "time_embedding_type": "positional", "timestep_post_act": null,
+        "reverse_transformer_layers_per_block": null, "transformer_layers_per_block": [1, 2, 10],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "upcast_attention": null, "use_linear_projection": true
+    }"#;
+
+    #[test]
+    fn absent_keys_take_diffusers_defaults() {
+        // The defaults are SD 1.x's UNet.
+        let c = parse("{}").unwrap();
+        assert_eq!(c.block_out_channels, vec![320, 640, 1280, 1280]);
+        assert_eq!(c.down_block_types[3], DownBlockType::DownBlock2D);
+        assert_eq!(c.up_block_types[0], UpBlockType::UpBlock2D);
+        assert_eq!(c.mid_block_type, Some(MidBlockType::UNetMidBlock2DCrossAttn));
+        assert_eq!(c.num_attention_heads, vec![8; 4]);
+        assert_eq!(c.cross_attention_dim, vec![1280; 4]);
+        assert_eq!(c.layers_per_block, vec![2; 4]);
+        assert_eq!(c.transformer_layers_per_block, vec![vec![1, 1]; 4]);
+        assert_eq!(c.up_transformer_layers_per_block, vec![vec![1, 1, 1]; 4]);
+        assert_eq!((c.norm_num_groups, c.norm_eps, c.time_embed_dim), (32, 1e-5, 1280));
+        assert!(c.flip_sin_to_cos && !c.use_linear_projection && c.addition_embed.is_none());
+        assert_eq!(c.num_upsamplers(), 3);
+    }
+
+    #[test]
+    fn sdxl_config_resolves_per_block() {
+        // SDXL base writes `"upcast_attention": null`, which diffusers reads as false.
+        let c = parse(SDXL).unwrap();
+        assert!(!c.upcast_attention);
+        assert_eq!(c.num_attention_heads, vec![5, 10, 20]);
+        assert_eq!(c.transformer_layers_per_block, vec![vec![1, 1], vec![2, 2], vec![10, 10]]);
+        assert_eq!(c.up_transformer_layers_per_block, vec![vec![10; 3], vec![2; 3], vec![1; 3]]);
+        assert_eq!(c.mid_transformer_layers, 10);
+        assert_eq!(
+            c.addition_embed,
+            Some(TextTimeEmbedConfig { addition_time_embed_dim: 256, projection_class_embeddings_input_dim: 2816 })
+        );
+        assert_eq!(c.sample_size, Some((128, 128)));
+    }
+
+    #[test]
+    fn nested_transformer_depths_need_and_use_the_reverse_list() {
+        let base = r#""block_out_channels": [32, 64], "norm_num_groups": 8, "attention_head_dim": 2,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "transformer_layers_per_block": [[1, 2], 3]"#;
+        let err = parse(&format!("{{{base}}}")).unwrap_err().to_string();
+        assert!(err.contains("reverse_transformer_layers_per_block"), "{err}");
+        let c = parse(&format!(r#"{{{base}, "reverse_transformer_layers_per_block": [[3, 3, 4], [2, 1, 1]]}}"#)).unwrap();
+        assert_eq!(c.transformer_layers_per_block, vec![vec![1, 2], vec![3, 3]]);
+        assert_eq!(c.up_transformer_layers_per_block, vec![vec![3, 3, 4], vec![2, 1, 1]]);
+        assert_eq!(c.mid_transformer_layers, 3);
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_unsupported_values_name_their_key() {
+        assert!(parse(r#"{"some_future_key": [1, 2], "_name_or_path": "x"}"#).is_ok());
+        for (json, key) in [
+            (r#"{"class_embed_type": "timestep"}"#, "class_embed_type"),
+            (r#"{"num_class_embeds": 10}"#, "num_class_embeds"),
+            (r#"{"resnet_time_scale_shift": "scale_shift"}"#, "resnet_time_scale_shift"),
+            (r#"{"dual_cross_attention": true}"#, "dual_cross_attention"),
+            (r#"{"class_embeddings_concat": true}"#, "class_embeddings_concat"),
+            (r#"{"in_channels": null}"#, "in_channels"),
+            (r#"{"attention_type": "gated"}"#, "attention_type"),
+            (r#"{"time_embedding_type": "fourier"}"#, "time_embedding_type"),
+            (r#"{"addition_embed_type": "text"}"#, "addition_embed_type"),
+            (r#"{"addition_embed_type": "text_time"}"#, "addition_time_embed_dim"),
+            (r#"{"num_attention_heads": 8}"#, "num_attention_heads"),
+            (r#"{"act_fn": "gelu"}"#, "act_fn"),
+            (r#"{"mid_block_type": "UNetMidBlock2DSimpleCrossAttn"}"#, "mid_block_type"),
+            (r#"{"down_block_types": ["AttnDownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D"]}"#, "down_block_types"),
+            (r#"{"block_out_channels": [320, 640]}"#, "block_out_channels"),
+            (r#"{"layers_per_block": [2, 2]}"#, "layers_per_block"),
+            (r#"{"layers_per_block": "two"}"#, "layers_per_block"),
+            (r#"{"norm_num_groups": null}"#, "norm_num_groups"),
+            (r#"{"attention_head_dim": [8, 8, 8, 2000]}"#, "attention_head_dim"),
+            (r#"{"encoder_hid_dim_type": "image_proj", "encoder_hid_dim": 8}"#, "encoder_hid_dim_type"),
+            (r#"{"_class_name": "UNet2DModel"}"#, "_class_name"),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{json}: {err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains(key) && msg.contains("unet/config.json"), "{json}: {msg}");
+        }
+    }
+
+    #[test]
+    fn lcm_and_optional_keys_are_read() {
+        let c = parse(
+            r#"{"time_cond_proj_dim": 256, "mid_block_type": null, "time_embedding_act_fn": "swish",
+                "encoder_hid_dim": 1024, "freq_shift": 1, "sample_size": [64, 96], "layers_per_block": [1, 2, 2, 1]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.time_cond_proj_dim, Some(256));
+        assert_eq!(c.mid_block_type, None);
+        assert_eq!(c.time_embedding_act_fn, Some(Activation::Silu));
+        assert_eq!(c.encoder_hid_dim, Some(1024));
+        assert_eq!(c.freq_shift, 1.0);
+        assert_eq!(c.sample_size, Some((64, 96)));
+        assert_eq!(c.up_transformer_layers_per_block.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 3, 3, 2]);
     }
 }

@@ -17,6 +17,9 @@ mod embeddings;
 mod model;
 mod transformer;
 
+#[cfg(test)]
+mod testing;
+
 pub use attention::{Attention, BasicTransformerBlock, FeedForward, TransformerSpec, GEGLU};
 pub use blocks::{AttentionSpec, DownBlock, ResnetSpec, UNetMidBlock2DCrossAttn, UpBlock};
 pub use config::{Activation, DownBlockType, MidBlockType, TextTimeEmbedConfig, UNetConfig, UpBlockType};

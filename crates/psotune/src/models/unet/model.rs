@@ -244,3 +244,72 @@ impl UNet2DConditionModel {
         self.conv_in.weight.dtype()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::unet::testing::{random_weights, weights};
+    use crate::ops::gradcheck::{check, det_tensor, project};
+
+    fn tiny_config(sdxl: bool) -> UNetConfig {
+        let extra = if sdxl {
+            r#", "addition_embed_type": "text_time", "addition_time_embed_dim": 2, "projection_class_embeddings_input_dim": 15"#
+        } else {
+            ""
+        };
+        let json = format!(
+            r#"{{"block_out_channels": [4, 8], "layers_per_block": 1, "attention_head_dim": [2, 2],
+            "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+            "cross_attention_dim": 5, "norm_num_groups": 2, "use_linear_projection": true{extra}}}"#
+        );
+        UNetConfig::from_json(&json, "tiny.json").unwrap()
+    }
+
+    /// Gradients w.r.t. the latent through the whole UNet, on a 3x3 latent so
+    /// the up path resizes to the skip size (not a plain 2x).
+    #[test]
+    fn whole_unet_input_gradient_matches_finite_differences() {
+        let cfg = tiny_config(false);
+        let map = random_weights(|vb| UNet2DConditionModel::load(vb, &cfg));
+        let w = weights(map);
+        let unet = UNet2DConditionModel::load(w.var_builder(), &cfg).unwrap();
+        w.finish().unwrap();
+        let t = Tensor::new(&[421.0f64], &candle_core::Device::Cpu).unwrap();
+        let ctx = det_tensor(&[1, 2, 5], 5);
+        let worst = check(&[det_tensor(&[1, 4, 3, 3], 4)], |a| {
+            let y = unet.forward(&a[0], &t, &ctx, None)?;
+            project(&y, 9)
+        })
+        .unwrap();
+        assert!(worst < 1e-5, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn per_sample_timesteps_change_only_their_sample() {
+        let cfg = tiny_config(true);
+        let w = weights(random_weights(|vb| UNet2DConditionModel::load(vb, &cfg)));
+        let unet = UNet2DConditionModel::load(w.var_builder(), &cfg).unwrap();
+        w.finish().unwrap();
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::cat(&[det_tensor(&[1, 4, 4, 4], 1), det_tensor(&[1, 4, 4, 4], 1)], 0).unwrap();
+        let ctx = Tensor::cat(&[det_tensor(&[1, 2, 5], 2), det_tensor(&[1, 2, 5], 2)], 0).unwrap();
+        let added = AddedCond {
+            text_embeds: Tensor::cat(&[det_tensor(&[1, 3], 3), det_tensor(&[1, 3], 3)], 0).unwrap(),
+            time_ids: Tensor::new(&[[8f64, 8., 0., 0., 8., 8.], [8., 8., 0., 0., 8., 8.]], &dev).unwrap(),
+        };
+        let ts = Tensor::new(&[10i64, 900], &dev).unwrap();
+        let y = unet.forward(&x, &ts, &ctx, Some(&added)).unwrap();
+        let y0 = unet.forward(&x.narrow(0, 0, 1).unwrap(), &Tensor::new(&[10u32], &dev).unwrap(), &ctx.narrow(0, 0, 1).unwrap(), Some(&AddedCond {
+            text_embeds: added.text_embeds.narrow(0, 0, 1).unwrap(),
+            time_ids: added.time_ids.narrow(0, 0, 1).unwrap(),
+        }))
+        .unwrap();
+        let d0 = (y.narrow(0, 0, 1).unwrap() - &y0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        let d1 = (y.narrow(0, 1, 1).unwrap() - &y0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(d0 < 1e-12, "{d0}");
+        assert!(d1 > 1e-6, "the second timestep had no effect");
+        // Three timesteps for two samples is an error, not a broadcast.
+        let bad = Tensor::new(&[1f32, 2., 3.], &dev).unwrap();
+        assert!(unet.forward(&x, &bad, &ctx, Some(&added)).is_err());
+    }
+}
