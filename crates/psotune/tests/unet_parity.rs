@@ -112,3 +112,28 @@ fn rarer_options_match_diffusers() {
     let g = golden(&dir.join("unet-misc-tiny.golden.safetensors"));
     extra_case(&unet, &g, "odd", None);
 }
+
+/// Half precision runs end to end (norm statistics in f32, attention
+/// upcast when the config asks) and stays near the f32 golden. (bf16 is
+/// not tested: candle 0.11's CPU matmul has no bf16 kernel.)
+#[test]
+fn half_precision_runs_close_to_f32() {
+    let root = fixtures();
+    let dir = root.join("sdxl-tiny/unet");
+    let g = golden(&root.join("golden/sdxl-tiny.safetensors"));
+    let mut cfg = UNetConfig::from_file(dir.join("config.json")).unwrap();
+    cfg.upcast_attention = true;
+    let dtype = DType::F16;
+    {
+        let w = Weights::from_files(&[dir.join("diffusion_pytorch_model.safetensors")], dtype, &Device::Cpu).unwrap();
+        let unet = UNet2DConditionModel::load(w.var_builder(), &cfg).unwrap();
+        w.finish().unwrap();
+        let h = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        let added = AddedCond { text_embeds: h(&g["unet.text_embeds"]), time_ids: g["unet.time_ids"].clone() };
+        let out = unet.forward(&h(&g["unet.sample"]), &g["unet.timesteps"], &h(&g["unet.encoder_hidden_states"]), Some(&added)).unwrap();
+        assert_eq!(out.dtype(), dtype);
+        let d = max_abs_diff(&out.to_dtype(DType::F32).unwrap(), &g["unet.out"]);
+        println!("f16: max |diff| = {d:e}");
+        assert!(d < 0.05, "f16: max |diff| {d}");
+    }
+}

@@ -45,7 +45,7 @@ impl AttentionSpec {
     }
 }
 
-fn context<'a>(ctx: Option<&'a Tensor>) -> Result<&'a Tensor> {
+fn context(ctx: Option<&Tensor>) -> Result<&Tensor> {
     ctx.ok_or_else(|| candle_core::Error::Msg("a cross-attention block needs encoder_hidden_states".into()))
 }
 
