@@ -8,6 +8,9 @@ cover:
   attention_head_dim = number of heads, three levels) with LCM's
   time_cond_proj_dim; cases with int64 timesteps, a single timestep broadcast
   to the batch, an odd 7x10 latent and a guidance-scale embedding.
+- unet-layouts.json: the checkpoint layout (key count, parameter count and
+  an FNV-1a hash of the sorted "key:shape" lines) of the full-size SD 1.5,
+  SD 2.1 and SDXL UNets, built on torch's meta device, with their configs.
 - unet-misc-tiny: options that change the graph: only_cross_attention,
   per-layer transformer depths with reverse_transformer_layers_per_block,
   no mid block, encoder_hid_dim ("text_proj"), time_embedding_act_fn,
@@ -20,6 +23,7 @@ Writes fixtures/extra/<name>/{config.json,diffusion_pytorch_model.safetensors}
 and fixtures/extra/<name>.golden.safetensors (a few hundred KB in all).
 """
 
+import json
 import os
 
 import torch
@@ -62,6 +66,46 @@ def run(unet, golden, case, sample, timesteps, ehs, **kw):
     golden[f"{case}.out"] = out
 
 
+# Full-size configs (the non-default keys of the published unet/config.json).
+LAYOUTS = {
+    # runwayml/stable-diffusion-v1-5
+    "sd15": dict(cross_attention_dim=768, sample_size=64),
+    # stabilityai/stable-diffusion-2-1
+    "sd21": dict(attention_head_dim=[5, 10, 20, 20], cross_attention_dim=1024, use_linear_projection=True,
+                 upcast_attention=True, sample_size=96),
+    # stabilityai/stable-diffusion-xl-base-1.0
+    "sdxl": dict(addition_embed_type="text_time", addition_time_embed_dim=256, attention_head_dim=[5, 10, 20],
+                 block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
+                 down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                 up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                 projection_class_embeddings_input_dim=2816, transformer_layers_per_block=[1, 2, 10],
+                 use_linear_projection=True, sample_size=128),
+    # an LCM-distilled SD 1.5 (time_cond_proj_dim)
+    "sd15-lcm": dict(cross_attention_dim=768, sample_size=64, time_cond_proj_dim=256),
+}
+
+
+def fnv1a64(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def layouts():
+    out = {}
+    for name, cfg in LAYOUTS.items():
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**cfg)
+        sd = unet.state_dict()
+        lines = "".join(f"{k}:{','.join(str(d) for d in v.shape)}\n" for k, v in sorted(sd.items()))
+        out[name] = dict(config=cfg, num_keys=len(sd), num_params=sum(v.numel() for v in sd.values()),
+                         fnv1a64=f"{fnv1a64(lines.encode()):016x}")
+    with open(os.path.join(ROOT, "unet-layouts.json"), "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
 def main():
     torch.manual_seed(1234)
     os.makedirs(ROOT, exist_ok=True)
@@ -99,6 +143,8 @@ def main():
     g = {}
     run(unet, g, "odd", torch.rand(2, 4, 9, 9), torch.tensor([10.0, 600.5]), torch.randn(2, 3, 12))
     save_file({k: v.contiguous() for k, v in g.items()}, os.path.join(ROOT, f"{name}.golden.safetensors"))
+
+    layouts()
 
 
 if __name__ == "__main__":

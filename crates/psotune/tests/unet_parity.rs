@@ -7,10 +7,12 @@
 //!   conv projections with LCM's timestep_cond, int64 and broadcast
 //!   timesteps, odd latent sizes, and the rarer config options.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{Init, VarBuilder};
 use psotune::models::unet::{guidance_scale_embedding, AddedCond, UNet2DConditionModel, UNetConfig};
 use psotune::nn::weights::read_safetensors;
 use psotune::nn::Weights;
@@ -135,5 +137,50 @@ fn half_precision_runs_close_to_f32() {
         let d = max_abs_diff(&out.to_dtype(DType::F32).unwrap(), &g["unet.out"]);
         println!("f16: max |diff| = {d:e}");
         assert!(d < 0.05, "f16: max |diff| {d}");
+    }
+}
+
+/// A weight source that hands out zero-stride zeros (no memory) and records
+/// every key and shape the model asks for.
+struct LayoutRecorder(Arc<Mutex<BTreeMap<String, Vec<usize>>>>);
+
+impl candle_nn::var_builder::SimpleBackend for LayoutRecorder {
+    fn get(&self, s: Shape, name: &str, _: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.lock().unwrap().insert(name.to_string(), s.dims().to_vec());
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("unchecked get of {name}")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+/// The full-size SD 1.5 / 2.1 / XL (and LCM) UNets ask for exactly the keys
+/// and shapes of diffusers' state dict (fixtures/extra/unet-layouts.json,
+/// from torch's meta device), without allocating a billion parameters.
+#[test]
+fn full_size_layouts_match_diffusers_state_dicts() {
+    let path = fixtures().join("extra/unet-layouts.json");
+    let layouts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (name, want) in layouts.as_object().unwrap() {
+        let cfg = UNetConfig::from_json(&want["config"].to_string(), format!("{name} config")).unwrap();
+        let rec = Arc::new(Mutex::new(BTreeMap::new()));
+        let vb = VarBuilder::from_backend(Box::new(LayoutRecorder(rec.clone())), DType::F32, Device::Cpu);
+        UNet2DConditionModel::load(vb, &cfg).unwrap();
+        let keys = rec.lock().unwrap();
+        let lines: String = keys
+            .iter()
+            .map(|(k, s)| format!("{k}:{}\n", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")))
+            .collect();
+        let params: usize = keys.values().map(|s| s.iter().product::<usize>()).sum();
+        assert_eq!(keys.len() as u64, want["num_keys"].as_u64().unwrap(), "{name}: key count");
+        assert_eq!(params as u64, want["num_params"].as_u64().unwrap(), "{name}: parameter count");
+        assert_eq!(format!("{:016x}", fnv1a64(lines.as_bytes())), want["fnv1a64"].as_str().unwrap(), "{name}: key/shape hash");
     }
 }
