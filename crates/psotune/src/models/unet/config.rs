@@ -7,6 +7,13 @@
 //! A value that would build a *different* network than the one we implement
 //! (a class embedding, scale-shift resnets, dual cross attention, ...) is a
 //! typed error naming the file and the key, never a silently wrong model.
+//!
+//! Keys read by diffusers that cannot change the blocks built here, and so
+//! are not read: `resnet_out_scale_factor`, `resnet_skip_time_act`,
+//! `cross_attention_norm`, `mid_block_only_cross_attention` and
+//! `addition_embed_type_num_heads` only reach block or embedding types we
+//! reject; `dropout` is 0 in every SD config and we never apply dropout
+//! (inference is unaffected either way).
 
 use std::path::Path;
 
