@@ -1,0 +1,68 @@
+//! Converting between image files and tensors, the way diffusers'
+//! `VaeImageProcessor` does (model space [-1, 1], files 8-bit RGB).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Write a [3, H, W] tensor with values in [0, 1] as an 8-bit RGB PNG,
+/// rounding like diffusers' `numpy_to_pil` ((x * 255).round()).
+pub fn save_png(image: &Tensor, path: &Path) -> Result<()> {
+    let (c, h, w) = image.dims3()?;
+    if c != 3 {
+        return Err(Error::invalid(format!("save_png: expected 3 channels, got shape {:?}", image.dims())));
+    }
+    let data: Vec<u8> = image
+        .to_dtype(DType::F32)?
+        .clamp(0f32, 1f32)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|v| (v * 255.0).round() as u8)
+        .collect();
+    let buf = image::RgbImage::from_raw(w as u32, h as u32, data)
+        .ok_or_else(|| Error::Image { path: path.to_path_buf(), msg: "buffer size mismatch".into() })?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    buf.save(path).map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })
+}
+
+/// Read an image file as a [3, H, W] f32 tensor in [-1, 1] (alpha is
+/// composited onto white, as emoji and icon sets need).
+pub fn load_image(path: &Path, device: &Device) -> Result<Tensor> {
+    let img = image::open(path).map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?;
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut data = Vec::with_capacity((w * h * 3) as usize);
+    for p in rgba.pixels() {
+        let a = p[3] as f32 / 255.0;
+        for c in 0..3 {
+            let v = p[c] as f32 / 255.0 * a + (1.0 - a);
+            data.push(v * 2.0 - 1.0);
+        }
+    }
+    Ok(Tensor::from_vec(data, (h as usize, w as usize, 3), device)?.permute((2, 0, 1))?.contiguous()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_is_exact_on_8bit_values() {
+        let dev = Device::Cpu;
+        let vals: Vec<f32> = (0..3 * 4 * 5).map(|i| ((i * 37) % 256) as f32 / 255.0).collect();
+        let t = Tensor::from_vec(vals, (3, 4, 5), &dev).unwrap();
+        let p = std::env::temp_dir().join(format!("psotune-img-{}.png", std::process::id()));
+        save_png(&t, &p).unwrap();
+        let back = ((load_image(&p, &dev).unwrap() + 1.0).unwrap() / 2.0).unwrap();
+        let diff = (back - &t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let e = load_image(Path::new("/nonexistent.png"), &dev).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent.png"), "{e}");
+    }
+}
