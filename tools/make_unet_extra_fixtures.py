@@ -20,7 +20,7 @@ cover:
 Run with the dev venv (diffusers 0.42.1, torch):
     /work/venv/py/bin/python tools/make_unet_extra_fixtures.py
 Writes fixtures/extra/<name>/{config.json,diffusion_pytorch_model.safetensors}
-and fixtures/extra/<name>.golden.safetensors (a few hundred KB in all).
+and fixtures/extra/<name>.golden.safetensors and fixtures/extra/unet-layouts.json (about 0.5 MB in all).
 """
 
 import json
@@ -107,6 +107,8 @@ def layouts():
 
 
 def main():
+    # One thread, fixed seed: a rerun rewrites byte-identical files.
+    torch.set_num_threads(1)
     torch.manual_seed(1234)
     os.makedirs(ROOT, exist_ok=True)
 
