@@ -73,6 +73,11 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A noise schedule or timestep request that cannot work (0 steps, timesteps
+    /// out of range or not decreasing, ...).
+    #[error(transparent)]
+    Schedule(#[from] crate::diffusion::ScheduleError),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

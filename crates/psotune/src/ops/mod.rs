@@ -13,10 +13,22 @@ mod softmax;
 mod upsample;
 
 pub use activation::{gelu_erf, geglu, quick_gelu, silu};
-pub use attention::{attention, ATTENTION_CHUNK_ELEMS};
+pub use attention::{attention, attention_with_limit, ATTENTION_CHUNK_ELEMS};
 pub use norm::{group_norm, layer_norm};
 pub use softmax::softmax_last_dim;
 pub use upsample::{upsample_nearest2x, upsample_nearest_to};
 
+/// The dtype reductions run in: f32 for half-precision input, as PyTorch's
+/// CPU kernels accumulate (`opmath_t`); summing thousands of values in f16
+/// or bf16 loses them or overflows.
+fn compute_dtype(dtype: candle_core::DType) -> candle_core::DType {
+    match dtype {
+        candle_core::DType::F16 | candle_core::DType::BF16 => candle_core::DType::F32,
+        d => d,
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod gradcheck;
+#[cfg(test)]
+mod tests;

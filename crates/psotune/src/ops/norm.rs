@@ -1,48 +1,46 @@
-//! Layer norm and group norm from differentiable primitives. Statistics are
-//! computed in f32 when the input is half precision, as PyTorch does.
+//! Layer norm and group norm from differentiable primitives. For half
+//! precision input the statistics and the affine transform run in f32 and the
+//! result is rounded once, as PyTorch's CPU kernels do (`opmath_t`); summing
+//! thousands of f16 activations in f16 would lose precision or overflow.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{Result, Tensor, D};
 
-fn stats_dtype(x: &Tensor) -> DType {
-    match x.dtype() {
-        DType::F16 | DType::BF16 => DType::F32,
-        d => d,
-    }
-}
+use super::compute_dtype;
 
-/// Normalise over the last dimension, then scale and shift (weights of the
-/// last dimension's size).
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let xs = x.to_dtype(stats_dtype(x))?;
-    let mean = xs.mean_keepdim(D::Minus1)?;
-    let centered = xs.broadcast_sub(&mean)?;
+/// (x - mean) / sqrt(var + eps) over the last dimension (biased variance).
+fn normalize_last_dim(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
-    let out = normed.broadcast_mul(weight)?;
-    match bias {
-        Some(b) => out.broadcast_add(b),
-        None => Ok(out),
-    }
+    centered.broadcast_div(&(var + eps)?.sqrt()?)
 }
 
-/// Group norm over [B, C, ...]: C is split into `groups`, each normalised over
-/// its channels and all spatial positions; affine per channel.
+/// `torch.nn.functional.layer_norm` over the last dimension, then scale and
+/// shift (weights of the last dimension's size).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let ct = compute_dtype(x.dtype());
+    let out = normalize_last_dim(&x.to_dtype(ct)?, eps)?.broadcast_mul(&weight.to_dtype(ct)?)?;
+    let out = match bias {
+        Some(b) => out.broadcast_add(&b.to_dtype(ct)?)?,
+        None => out,
+    };
+    out.to_dtype(x.dtype())
+}
+
+/// `torch.nn.functional.group_norm` over [B, C, ...]: C is split into
+/// `groups`, each normalised over its channels and all positions; affine per
+/// channel.
 pub fn group_norm(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let dims = x.dims().to_vec();
-    if dims.len() < 2 || dims[1] % groups != 0 {
+    if dims.len() < 2 || groups == 0 || dims[1] % groups != 0 {
         candle_core::bail!("group_norm: {groups} groups do not divide the channels of shape {dims:?}");
     }
-    let (b, c) = (dims[0], dims[1]);
-    let dtype = x.dtype();
-    let xs = x.to_dtype(stats_dtype(x))?.reshape((b, groups, ()))?;
-    let mean = xs.mean_keepdim(D::Minus1)?;
-    let centered = xs.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?.reshape(dims.as_slice())?;
+    let ct = compute_dtype(x.dtype());
+    let normed = normalize_last_dim(&x.to_dtype(ct)?.reshape((dims[0], groups, ()))?, eps)?.reshape(dims.as_slice())?;
     let mut affine_shape = vec![1usize; dims.len()];
-    affine_shape[1] = c;
+    affine_shape[1] = dims[1];
     normed
-        .broadcast_mul(&weight.reshape(affine_shape.as_slice())?)?
-        .broadcast_add(&bias.reshape(affine_shape.as_slice())?)
+        .broadcast_mul(&weight.to_dtype(ct)?.reshape(affine_shape.as_slice())?)?
+        .broadcast_add(&bias.to_dtype(ct)?.reshape(affine_shape.as_slice())?)?
+        .to_dtype(x.dtype())
 }
