@@ -100,11 +100,10 @@ impl ClipAttention {
         let k = heads(self.k_proj.forward(x)?)?;
         let v = heads(self.v_proj.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        // transformers' eager path runs the softmax in f32 whatever the dtype.
-        let dtype = scores.dtype();
-        let work = if matches!(dtype, DType::F16 | DType::BF16) { DType::F32 } else { dtype };
-        let scores = scores.to_dtype(work)?.broadcast_add(&mask.to_dtype(work)?)?;
-        let probs = ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+        // Like transformers' eager path, the softmax runs in f32 for half
+        // precision (ops::softmax_last_dim upcasts).
+        let probs = ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v)?.reshape((b, h, l, hd))?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out_proj.forward(&out)
     }
