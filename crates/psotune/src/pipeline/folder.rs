@@ -60,12 +60,14 @@ impl ModelFolder {
             if k.starts_with('_') {
                 continue;
             }
+            // Non-list entries are pipeline settings (force_zeros_for_empty_prompt,
+            // requires_safety_checker); [null, null] is an absent component.
             match v.as_array().map(|a| a.as_slice()) {
                 Some([serde_json::Value::String(lib), serde_json::Value::String(cls)]) => {
                     components.insert(k.clone(), (lib.clone(), cls.clone()));
                 }
-                Some([serde_json::Value::Null, serde_json::Value::Null]) | None if v.is_null() || v.is_array() => {}
-                _ => return Err(bad(format!("component {k:?} should be [library, class], got {v}"))),
+                Some([serde_json::Value::Null, serde_json::Value::Null]) | None => {}
+                Some(_) => return Err(bad(format!("component {k:?} should be [library, class], got {v}"))),
             }
         }
         let folder = ModelFolder { root: root.to_path_buf(), class_name, family, components, psotune: index.get("_psotune").cloned() };

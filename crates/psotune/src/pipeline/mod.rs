@@ -3,6 +3,12 @@
 pub mod defaults;
 pub mod folder;
 pub mod image;
+pub mod load;
+pub mod sample;
+pub mod text;
 
 pub use defaults::{SamplerKind, SamplingDefaults};
 pub use folder::{Family, ModelFolder};
+pub use load::LoadOptions;
+pub use sample::{read_init_latents, Pipeline, SampleOutput, SampleRequest};
+pub use text::PromptEmbeds;

@@ -1,0 +1,90 @@
+//! Building the models of a diffusers folder, strictly: each component's
+//! weights must match its config exactly, every offending key is named.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use super::folder::{Family, ModelFolder};
+use crate::error::{Error, Result};
+use crate::models::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
+use crate::models::unet::{UNet2DConditionModel, UNetConfig};
+use crate::models::vae::{AutoencoderKL, VaeConfig};
+use crate::nn::Weights;
+
+/// How to load a model folder.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype of the weights (files in another dtype are converted).
+    pub dtype: DType,
+    pub device: Device,
+    /// Weight-file variant to prefer (`fp16` for `*.fp16.safetensors`).
+    pub variant: Option<String>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dtype: DType::F32, device: Device::Cpu, variant: None }
+    }
+}
+
+/// Build one component from its weight files and check that nothing was
+/// missing, unused or mis-shaped. A build error caused by bad weights is
+/// reported as the weight problem, which is the useful message.
+pub fn load_component<T>(
+    folder: &ModelFolder,
+    component: &str,
+    opts: &LoadOptions,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let files = folder.weight_files(component, opts.variant.as_deref())?;
+    let weights = Weights::from_files(&files, opts.dtype, &opts.device)?;
+    match build(weights.var_builder()) {
+        Ok(model) => {
+            weights.finish()?;
+            Ok(model)
+        }
+        Err(e) => {
+            weights.finish()?;
+            Err(Error::ModelFolder { path: folder.component_dir(component), msg: format!("cannot build the model: {e}") })
+        }
+    }
+}
+
+/// A text encoder with its tokenizer.
+pub struct TextEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub model: ClipTextModel,
+}
+
+pub fn load_text_encoder(folder: &ModelFolder, which: &str, tokenizer: &str, opts: &LoadOptions) -> Result<TextEncoder> {
+    let cfg = ClipTextConfig::from_file(&folder.component_dir(which).join("config.json"))?;
+    let with_projection = folder.components.get(which).is_some_and(|(_, cls)| cls == "CLIPTextModelWithProjection");
+    let model = load_component(folder, which, opts, |vb| ClipTextModel::load(vb, &cfg, with_projection))?;
+    let tokenizer = ClipTokenizer::from_dir(&folder.component_dir(tokenizer))?;
+    Ok(TextEncoder { tokenizer, model })
+}
+
+pub fn load_unet(folder: &ModelFolder, opts: &LoadOptions) -> Result<UNet2DConditionModel> {
+    let cfg = UNetConfig::from_file(&folder.component_dir("unet").join("config.json"))?;
+    if folder.family == Family::Sdxl && cfg.addition_embed.is_none() {
+        return Err(Error::config(
+            folder.component_dir("unet").join("config.json"),
+            "an SDXL pipeline needs addition_embed_type = \"text_time\"",
+        ));
+    }
+    load_component(folder, "unet", opts, |vb| UNet2DConditionModel::load(vb, &cfg))
+}
+
+pub fn load_vae(folder: &ModelFolder, opts: &LoadOptions) -> Result<AutoencoderKL> {
+    let cfg = VaeConfig::from_file(&folder.component_dir("vae").join("config.json"))?;
+    load_component(folder, "vae", opts, |vb| AutoencoderKL::load(vb, &cfg))
+}
+
+/// `force_zeros_for_empty_prompt` from model_index.json (SDXL pipelines
+/// register it; diffusers' default is true).
+pub fn force_zeros_for_empty_prompt(root: &Path) -> Result<bool> {
+    let v: serde_json::Value = crate::error::read_json(&root.join("model_index.json"))?;
+    Ok(v.get("force_zeros_for_empty_prompt").and_then(|b| b.as_bool()).unwrap_or(true))
+}

@@ -1,0 +1,173 @@
+//! End-to-end sampling parity with diffusers: the golden latents and images
+//! of tools/make_fixtures.py (1- and 4-step Turbo, DDIM with guidance, LCM,
+//! DMD2), from the same initial latents and the same injected step noise.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use psotune::diffusion::SchedulerConfig;
+use psotune::nn::weights::read_safetensors;
+use psotune::pipeline::{LoadOptions, Pipeline, SampleRequest, SamplerKind};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn golden(name: &str) -> HashMap<String, Tensor> {
+    read_safetensors(&fixtures().join(format!("golden/{name}.safetensors"))).unwrap()
+}
+
+fn cases(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixtures().join("golden/sampling.json")).unwrap();
+    let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+    all[name]["cases"].clone()
+}
+
+/// max |a - b| / max(1, max |b|): sampled latents with random weights are
+/// large (std ~16), so an absolute 1e-4 would be stricter than f32 allows.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    let diff = (&a - &b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+    diff / scale
+}
+
+fn run_case(model: &str, case: &str, sampler: SamplerKind, timesteps: Option<Vec<usize>>) {
+    let mut pipe = Pipeline::load(&fixtures().join(model), &LoadOptions::default()).unwrap();
+    let c = &cases(model)[case];
+    pipe.scheduler = serde_json::from_value::<SchedulerConfig>(c["scheduler_config"].clone()).unwrap();
+    let g = golden(model);
+    let steps = c["num_inference_steps"].as_u64().unwrap() as usize;
+    let noise: Vec<Tensor> = (0..steps).filter_map(|i| g.get(&format!("sample.{case}.noise.{i}")).cloned()).collect();
+    let req = SampleRequest {
+        prompts: vec![c["prompt"].as_str().unwrap().to_string()],
+        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
+        sampler: Some(sampler),
+        steps: Some(steps),
+        timesteps,
+        width: Some(16),
+        height: Some(16),
+        guidance: Some(c["guidance_scale"].as_f64().unwrap()),
+        seed: 0,
+        init_latents: Some(g["sample.init_latents"].clone()),
+        step_noise: Some(noise),
+    };
+    let out = pipe.sample(&req).unwrap();
+    let want_ts: Vec<f32> = g[&format!("sample.{case}.timesteps")].to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+    let got_ts: Vec<f32> = out.timesteps.iter().map(|&t| t as f32).collect();
+    assert_eq!(got_ts, want_ts, "{model}/{case} timesteps");
+    let e = rel_err(&out.latents, &g[&format!("sample.{case}.latents")]);
+    assert!(e < 1e-4, "{model}/{case}: latents differ by {e} (relative)");
+    let e = rel_err(&out.images, &g[&format!("sample.{case}.image")]);
+    assert!(e < 1e-4, "{model}/{case}: image differs by {e}");
+}
+
+#[test]
+fn sd21_turbo_1_step() {
+    run_case("sd21-tiny", "turbo1", SamplerKind::Turbo, None);
+}
+
+#[test]
+fn sd21_turbo_4_steps() {
+    run_case("sd21-tiny", "turbo4", SamplerKind::Turbo, None);
+}
+
+#[test]
+fn sd21_ddim_4_steps_with_guidance() {
+    run_case("sd21-tiny", "ddim4_cfg", SamplerKind::Ddim, None);
+}
+
+#[test]
+fn sd21_lcm_4_steps() {
+    run_case("sd21-tiny", "lcm4", SamplerKind::Lcm, None);
+}
+
+#[test]
+fn sd21_dmd2_4_steps() {
+    run_case("sd21-tiny", "dmd2_4", SamplerKind::Dmd2, Some(vec![999, 749, 499, 249]));
+}
+
+#[test]
+fn sdxl_turbo_1_step() {
+    run_case("sdxl-tiny", "turbo1", SamplerKind::Turbo, None);
+}
+
+#[test]
+fn sdxl_turbo_4_steps() {
+    run_case("sdxl-tiny", "turbo4", SamplerKind::Turbo, None);
+}
+
+#[test]
+fn sdxl_ddim_4_steps_with_guidance() {
+    run_case("sdxl-tiny", "ddim4_cfg", SamplerKind::Ddim, None);
+}
+
+#[test]
+fn sdxl_lcm_4_steps() {
+    run_case("sdxl-tiny", "lcm4", SamplerKind::Lcm, None);
+}
+
+#[test]
+fn sdxl_dmd2_4_steps() {
+    run_case("sdxl-tiny", "dmd2_4", SamplerKind::Dmd2, Some(vec![999, 749, 499, 249]));
+}
+
+/// The pipeline's prompt encoding is what the UNet goldens were fed.
+#[test]
+fn sdxl_prompt_embeds_match_the_unet_golden_inputs() {
+    let pipe = Pipeline::load(&fixtures().join("sdxl-tiny"), &LoadOptions::default()).unwrap();
+    let prompts: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden/prompts.json")).unwrap()).unwrap();
+    let p: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let e = pipe.encode_prompts(&p).unwrap();
+    let g = golden("sdxl-tiny");
+    assert!(rel_err(&e.hidden, &g["unet.encoder_hidden_states"]) < 1e-5);
+    assert!(rel_err(e.pooled.as_ref().unwrap(), &g["unet.text_embeds"]) < 1e-5);
+}
+
+#[test]
+fn half_precision_and_fp16_variant_load_and_sample() {
+    // Copy the fixture, store the UNet only as an fp16 variant, sample in f16
+    // and bf16: close to the f32 result.
+    let src = fixtures().join("sd21-tiny");
+    let dst = std::env::temp_dir().join(format!("psotune-fp16-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    copy_dir(&src, &dst);
+    let unet_file = dst.join("unet/diffusion_pytorch_model.safetensors");
+    let half: HashMap<String, Tensor> =
+        read_safetensors(&unet_file).unwrap().into_iter().map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap())).collect();
+    candle_core::safetensors::save(&half, dst.join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    std::fs::remove_file(&unet_file).unwrap();
+    let g = golden("sd21-tiny");
+    let req = SampleRequest {
+        prompts: vec!["a photo of a dog".into()],
+        init_latents: Some(g["sample.init_latents"].clone()),
+        ..Default::default()
+    };
+    let reference = Pipeline::load(&src, &LoadOptions::default()).unwrap().sample(&req).unwrap();
+    // bf16 is exercised through the weight conversion only: candle 0.11 has no
+    // bf16 matmul on the CPU.
+    for dtype in [DType::F32, DType::F16] {
+        let opts = LoadOptions { dtype, device: Device::Cpu, variant: Some("fp16".into()) };
+        let out = Pipeline::load(&dst, &opts).unwrap().sample(&req).unwrap();
+        let e = rel_err(&out.images, &reference.images);
+        let tol = if dtype == DType::BF16 { 0.1 } else { 0.02 };
+        assert!(e < tol, "{dtype:?}: image differs by {e}");
+    }
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
