@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+mod common;
+use common::copy_dir;
 use psotune::nn::weights::read_safetensors;
 use psotune::pipeline::{LoadOptions, Pipeline};
 
@@ -15,18 +17,6 @@ fn fixture_copy(tag: &str) -> PathBuf {
     dst
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}
 
 fn load_err(dir: &Path) -> String {
     match Pipeline::load(dir, &LoadOptions::default()) {

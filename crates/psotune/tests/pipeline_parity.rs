@@ -3,16 +3,14 @@
 //! DMD2), from the same initial latents and the same injected step noise.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+mod common;
+use common::{copy_dir, fixtures};
 use psotune::diffusion::SchedulerConfig;
 use psotune::nn::weights::read_safetensors;
 use psotune::pipeline::{LoadOptions, Pipeline, SampleRequest, SamplerKind};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
 
 fn golden(name: &str) -> HashMap<String, Tensor> {
     read_safetensors(&fixtures().join(format!("golden/{name}.safetensors"))).unwrap()
@@ -159,15 +157,3 @@ fn half_precision_and_fp16_variant_load_and_sample() {
     }
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let to = dst.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), to).unwrap();
-        }
-    }
-}

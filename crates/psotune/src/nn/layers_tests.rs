@@ -60,7 +60,10 @@ fn conv(t: &[Tensor], stride: usize, padding: usize) -> Conv2d {
 /// unread), without padding the VAE's after its own pad. 6x5 (padding 1)
 /// and 7x6 (padding 0) give the two spatial dims a different parity, which
 /// candle's conv2d backward cannot handle by itself (see `Conv2d::forward`).
-const CONV_CASES: [(&[usize], u64, usize, usize, &[f64]); 6] = [
+/// (input shape, seed, stride, padding, PyTorch output)
+type ConvCase = (&'static [usize], u64, usize, usize, &'static [f64]);
+
+const CONV_CASES: [ConvCase; 6] = [
     (&[1, 2, 5, 4], 24, 1, 1, &CONV_S1_P1),
     (&[2, 2, 4, 4], 36, 2, 1, &CONV_S2_P1_4X4),
     (&[1, 2, 7, 7], 28, 2, 0, &CONV_S2_P0),

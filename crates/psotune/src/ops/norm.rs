@@ -32,7 +32,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) 
 /// channel.
 pub fn group_norm(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let dims = x.dims().to_vec();
-    if dims.len() < 2 || groups == 0 || dims[1] % groups != 0 {
+    if dims.len() < 2 || groups == 0 || !dims[1].is_multiple_of(groups) {
         candle_core::bail!("group_norm: {groups} groups do not divide the channels of shape {dims:?}");
     }
     let ct = compute_dtype(x.dtype());

@@ -59,15 +59,15 @@ pub struct TextEncoder {
 }
 
 pub fn load_text_encoder(folder: &ModelFolder, which: &str, tokenizer: &str, opts: &LoadOptions) -> Result<TextEncoder> {
-    let cfg = ClipTextConfig::from_file(&folder.component_dir(which).join("config.json"))?;
+    let cfg = ClipTextConfig::from_file(folder.component_dir(which).join("config.json"))?;
     let with_projection = folder.components.get(which).is_some_and(|(_, cls)| cls == "CLIPTextModelWithProjection");
     let model = load_component(folder, which, opts, |vb| ClipTextModel::load(vb, &cfg, with_projection))?;
-    let tokenizer = ClipTokenizer::from_dir(&folder.component_dir(tokenizer))?;
+    let tokenizer = ClipTokenizer::from_dir(folder.component_dir(tokenizer))?;
     Ok(TextEncoder { tokenizer, model })
 }
 
 pub fn load_unet(folder: &ModelFolder, opts: &LoadOptions) -> Result<UNet2DConditionModel> {
-    let cfg = UNetConfig::from_file(&folder.component_dir("unet").join("config.json"))?;
+    let cfg = UNetConfig::from_file(folder.component_dir("unet").join("config.json"))?;
     if folder.family == Family::Sdxl && cfg.addition_embed.is_none() {
         return Err(Error::config(
             folder.component_dir("unet").join("config.json"),
@@ -78,7 +78,7 @@ pub fn load_unet(folder: &ModelFolder, opts: &LoadOptions) -> Result<UNet2DCondi
 }
 
 pub fn load_vae(folder: &ModelFolder, opts: &LoadOptions) -> Result<AutoencoderKL> {
-    let cfg = VaeConfig::from_file(&folder.component_dir("vae").join("config.json"))?;
+    let cfg = VaeConfig::from_file(folder.component_dir("vae").join("config.json"))?;
     load_component(folder, "vae", opts, |vb| AutoencoderKL::load(vb, &cfg))
 }
 

@@ -79,14 +79,6 @@ impl Sampler for Ddim {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, x: &Tensor, _i: usize) -> Result<Tensor> {
-        Ok(x.clone())
-    }
-
     fn std(&self, i: usize) -> f64 {
         self.stds.get(i).copied().unwrap_or(0.0)
     }

@@ -87,14 +87,6 @@ impl Sampler for Lcm {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, x: &Tensor, _i: usize) -> Result<Tensor> {
-        Ok(x.clone())
-    }
-
     fn std(&self, i: usize) -> f64 {
         match self.alpha_bars.get(i + 1) {
             Some(ab_next) => (1.0 - ab_next).sqrt(),

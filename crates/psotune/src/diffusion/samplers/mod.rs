@@ -50,11 +50,17 @@ pub trait Sampler: Send + Sync {
     /// Model timesteps, first (noisiest) to last.
     fn timesteps(&self) -> &[f64];
 
-    /// Scale of the initial noise, diffusers' `scheduler.init_noise_sigma`.
-    fn init_noise_sigma(&self) -> f64;
+    /// Scale of the initial noise, diffusers' `scheduler.init_noise_sigma`
+    /// (1 for the variance-preserving samplers; Euler works in sigma space).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// The network input for sample x at step i (`scale_model_input`).
-    fn scale_model_input(&self, x: &Tensor, i: usize) -> Result<Tensor>;
+    /// The network input for sample x at step i (`scale_model_input`):
+    /// unchanged except in sigma space.
+    fn scale_model_input(&self, x: &Tensor, _i: usize) -> Result<Tensor> {
+        Ok(x.clone())
+    }
 
     /// Standard deviation of step i's transition; 0 when deterministic.
     fn std(&self, i: usize) -> f64;
