@@ -1,9 +1,11 @@
 //! Basic layers. Field names equal the checkpoint key segments (`weight`,
-//! `bias`); LoRA later wraps `Linear` and `Conv2d` in place.
+//! `bias`); `Linear` and `Conv2d` carry an optional LoRA adapter in place
+//! (see [`super::lora`]), which is not a checkpoint key.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::lora::Lora;
 use crate::ops;
 
 /// `torch.nn.Linear`: y = x W^T + b, over the last dimension of any rank.
@@ -11,34 +13,51 @@ use crate::ops;
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// LoRA adapter added to the output while its switch is on.
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
     pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, lora: None })
+    }
+
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias, lora: None }
+    }
+}
+
+/// `x W^T` over the last dimension of `x`, any rank.
+pub(crate) fn matmul_last(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let w = weight.t()?;
+    match x.rank() {
+        2 => x.matmul(&w),
+        _ => {
+            let dims = x.dims();
+            let last = dims[dims.len() - 1];
+            let rows: usize = dims[..dims.len() - 1].iter().product();
+            let y = x.reshape((rows, last))?.matmul(&w)?;
+            let mut out_dims = dims[..dims.len() - 1].to_vec();
+            out_dims.push(weight.dim(0)?);
+            y.reshape(out_dims)
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.t()?;
-        let y = match x.rank() {
-            2 => x.matmul(&w)?,
-            _ => {
-                let dims = x.dims();
-                let last = dims[dims.len() - 1];
-                let rows: usize = dims[..dims.len() - 1].iter().product();
-                let y = x.reshape((rows, last))?.matmul(&w)?;
-                let mut out_dims = dims[..dims.len() - 1].to_vec();
-                out_dims.push(self.weight.dim(0)?);
-                y.reshape(out_dims)?
-            }
+        let y = matmul_last(x, &self.weight)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        // Switched off, the adapter is skipped entirely: the output is the
+        // base layer's bit for bit (the PSO reference forward).
+        match &self.lora {
+            Some(l) if l.is_active() => y + l.linear_delta(x)?,
+            _ => Ok(y),
         }
     }
 }
@@ -50,18 +69,29 @@ pub struct Conv2d {
     pub bias: Option<Tensor>,
     pub stride: usize,
     pub padding: usize,
+    /// LoRA adapter added to the output while its switch is on.
+    pub lora: Option<Lora>,
 }
 
 impl Conv2d {
     pub fn load(vb: VarBuilder, cin: usize, cout: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
         let weight = vb.get((cout, cin, kernel, kernel), "weight")?;
         let bias = Some(vb.get(cout, "bias")?);
-        Ok(Self { weight, bias, stride, padding })
+        Ok(Self { weight, bias, stride, padding, lora: None })
+    }
+
+    pub fn new(weight: Tensor, bias: Option<Tensor>, stride: usize, padding: usize) -> Self {
+        Self { weight, bias, stride, padding, lora: None }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // An active adapter: base convolution (this body, on a copy without
+        // the adapter; tensors are shared, not copied) plus the LoRA branch.
+        if let Some(l) = self.lora.as_ref().filter(|l| l.is_active()) {
+            return Conv2d { lora: None, ..self.clone() }.forward(x)? + l.conv_delta(x, self.stride, self.padding)?;
+        }
         let (_, _, kh, kw) = self.weight.dims4()?;
         let (_, _, h, w) = x.dims4()?;
         let (p, s) = (self.padding, self.stride);

@@ -30,13 +30,13 @@ where
 }
 
 fn linear(t: &[Tensor]) -> Linear {
-    Linear { weight: t[1].clone(), bias: t.get(2).cloned() }
+    Linear::new(t[1].clone(), t.get(2).cloned())
 }
 
 #[test]
 fn linear_matches_torch() {
     let (w, b) = (det(&[5, 4], 21), det(&[5], 22));
-    let l = Linear { weight: w, bias: Some(b) };
+    let l = Linear::new(w, Some(b));
     assert_close(&l.forward(&det(&[3, 4], 20)).unwrap(), &LINEAR_2D);
     let y = l.forward(&det(&[2, 3, 4], 23)).unwrap();
     assert_eq!(y.dims(), [2, 3, 5]);
@@ -52,7 +52,7 @@ fn linear_gradients() {
 }
 
 fn conv(t: &[Tensor], stride: usize, padding: usize) -> Conv2d {
-    Conv2d { weight: t[1].clone(), bias: Some(t[2].clone()), stride, padding }
+    Conv2d::new(t[1].clone(), Some(t[2].clone()), stride, padding)
 }
 
 /// (input shape, seed, stride, padding, PyTorch output). Stride 2 with
@@ -97,7 +97,7 @@ fn conv2d_backward_with_mixed_parity_sides() {
     let (x, w) = (candle_core::Var::from_tensor(&det(&[1, 2, 6, 5], 27)).unwrap(), det(&[3, 2, 3, 3], 25));
     let candle = x.as_tensor().conv2d(&w, 1, 2, 1, 1).unwrap().sum_all().unwrap().backward();
     assert!(candle.is_err(), "candle's conv2d backward now handles mixed parity");
-    let ours = Conv2d { weight: w, bias: None, stride: 2, padding: 1 }.forward(x.as_tensor()).unwrap();
+    let ours = Conv2d::new(w, None, 2, 1).forward(x.as_tensor()).unwrap();
     let grad = ours.sum_all().unwrap().backward().unwrap();
     assert_eq!(grad.get(&x).unwrap().dims(), [1, 2, 6, 5]);
 }

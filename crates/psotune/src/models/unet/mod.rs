@@ -16,6 +16,7 @@ mod config;
 mod embeddings;
 mod model;
 mod transformer;
+mod visit;
 
 #[cfg(test)]
 mod testing;
