@@ -160,15 +160,26 @@ impl LoraWeights {
         self.lora_a.dims()[0]
     }
 
-    /// `scale * B @ A` shaped like the base weight (`weight_dims`), in f32:
+    /// `scale * B @ A` shaped like the base weight (`weight_dims`), in f32
+    /// (f64 for f64 factors):
     /// what merging adds to the base weight. For a convolution this is
     /// PEFT's `get_delta_weight` (B is 1x1, so the composition of the two
     /// convolutions is one convolution with kernel `B @ A`).
     pub fn delta(&self, weight_dims: &[usize], multiplier: f64) -> Result<Tensor> {
-        let a = self.lora_a.to_dtype(DType::F32)?.flatten_from(1)?;
-        let b = self.lora_b.to_dtype(DType::F32)?.flatten_from(1)?;
+        let dt = wide(self.lora_a.dtype());
+        let a = self.lora_a.to_dtype(dt)?.flatten_from(1)?;
+        let b = self.lora_b.to_dtype(dt)?.flatten_from(1)?;
         let s = self.alpha / self.rank() as f64 * multiplier;
         (b.matmul(&a)? * s)?.reshape(weight_dims)
+    }
+}
+
+/// The dtype merges are computed in: f64 stays, anything else goes to f32.
+pub(crate) fn wide(dt: DType) -> DType {
+    if dt == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
     }
 }
 
@@ -467,7 +478,7 @@ pub fn merge_lora(model: &mut dyn Modules) -> Result<usize> {
         let Some(lora) = set_lora(&mut layer, None) else { return Ok(()) };
         let w = weight_of(&layer).clone();
         let delta = lora.weights(path).delta(w.dims(), lora.switch.multiplier())?;
-        let merged = (w.to_dtype(DType::F32)? + delta.to_device(w.device())?)?.to_dtype(w.dtype())?;
+        let merged = (w.to_dtype(wide(w.dtype()))? + delta.to_device(w.device())?.to_dtype(wide(w.dtype()))?)?.to_dtype(w.dtype())?;
         match &mut layer {
             LayerMut::Linear(l) => l.weight = merged,
             LayerMut::Conv2d(c) => c.weight = merged,

@@ -19,7 +19,7 @@ mod transformer;
 mod visit;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use attention::{Attention, BasicTransformerBlock, FeedForward, TransformerSpec, GEGLU};
 pub use blocks::{AttentionSpec, DownBlock, ResnetSpec, UNetMidBlock2DCrossAttn, UpBlock};
