@@ -75,3 +75,6 @@ pub fn load_lora(path: &Path, unet: &mut UNet2DConditionModel, switch: &LoraSwit
     let weights = read_lora(path, unet)?;
     attach_lora(unet, &weights, switch).map_err(|e| Error::Safetensors { path: path.to_path_buf(), msg: e.to_string() })
 }
+
+#[cfg(test)]
+mod tests;

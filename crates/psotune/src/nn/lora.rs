@@ -521,4 +521,4 @@ pub fn make_trainable(model: &mut dyn Modules, targets: &LoraTargets, bias: bool
 
 #[cfg(test)]
 #[path = "lora_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -23,7 +23,7 @@ pub(crate) fn tiny_config(sdxl: bool, linear_proj: bool) -> UNetConfig {
     UNetConfig::from_json(&json, "tiny.json").unwrap()
 }
 
-fn tiny_unet(sdxl: bool, linear_proj: bool) -> UNet2DConditionModel {
+pub(crate) fn tiny_unet(sdxl: bool, linear_proj: bool) -> UNet2DConditionModel {
     let cfg = tiny_config(sdxl, linear_proj);
     let w = weights(random_weights(|vb| UNet2DConditionModel::load(vb, &cfg)));
     let unet = UNet2DConditionModel::load(w.var_builder(), &cfg).unwrap();
@@ -31,7 +31,7 @@ fn tiny_unet(sdxl: bool, linear_proj: bool) -> UNet2DConditionModel {
     unet
 }
 
-fn run(unet: &UNet2DConditionModel) -> Tensor {
+pub(crate) fn run(unet: &UNet2DConditionModel) -> Tensor {
     let dev = Device::Cpu;
     let added = unet.add_embedding.as_ref().map(|_| AddedCond {
         text_embeds: det_tensor(&[2, 3], 3),
@@ -50,7 +50,7 @@ pub(crate) fn randomize_b(set: &LoraSet, seed: u64) {
     }
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }
 
