@@ -1,0 +1,169 @@
+//! LoRA parity with diffusers 0.42.1 + peft on the tiny fixture UNets (f32,
+//! max abs error 1e-4), files in fixtures/lora/:
+//!
+//! - `{model}.peft.safetensors`, `{model}.kohya.safetensors`: LoRAs psotune
+//!   exports (seeded, re-derived here: the test fails if the export format
+//!   changes without regenerating them). tools/make_lora_fixtures.py loads
+//!   them with `pipe.load_lora_weights` and stores the UNet output on the
+//!   golden inputs as `{model}.{format}.out` in `outputs.safetensors`.
+//! - `{model}.diffusers-made.safetensors`: a LoRA peft made and diffusers'
+//!   `save_lora_weights` wrote (Linear and Conv2d targets, an
+//!   `alpha_pattern`), with its output `{model}.diffusers-made.out`.
+//!
+//! Regenerate: `PSOTUNE_WRITE_LORA_FIXTURES=1 cargo test -p psotune --test
+//! lora_parity`, then `/work/venv/py/bin/python tools/make_lora_fixtures.py`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use psotune::diffusion::randn;
+use psotune::export::{self, save_kohya, save_merged_unet, save_peft, UNetLayout};
+use psotune::models::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
+use psotune::nn::weights::read_safetensors;
+use psotune::nn::{apply_lora, LoraConfig, LoraSet, LoraSwitch, LoraTargets, TargetPreset, Weights};
+
+const MODELS: [(&str, bool); 2] = [("sd21-tiny", false), ("sdxl-tiny", true)];
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn load(dir: &Path) -> UNet2DConditionModel {
+    let cfg = UNetConfig::from_file(dir.join("config.json")).unwrap();
+    let w = Weights::from_files(&[dir.join("diffusion_pytorch_model.safetensors")], DType::F32, &Device::Cpu).unwrap();
+    let unet = UNet2DConditionModel::load(w.var_builder(), &cfg).unwrap();
+    w.finish().unwrap();
+    unet
+}
+
+fn forward(unet: &UNet2DConditionModel, name: &str, sdxl: bool) -> Tensor {
+    let g = read_safetensors(&fixtures().join("golden").join(format!("{name}.safetensors"))).unwrap();
+    let added = sdxl.then(|| AddedCond { text_embeds: g["unet.text_embeds"].clone(), time_ids: g["unet.time_ids"].clone() });
+    unet.forward(&g["unet.sample"], &g["unet.timesteps"], &g["unet.encoder_hidden_states"], added.as_ref()).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// The LoRA psotune exports for the fixtures: every Linear and Conv2d,
+/// rank 2, alpha 3 (scale 1.5), Kaiming A, B seeded N(0, 0.05^2).
+fn seeded_lora(unet: &mut UNet2DConditionModel) -> LoraSet {
+    let mut cfg = LoraConfig::new(2, 3.0, LoraTargets::preset(TargetPreset::All));
+    cfg.seed = 42;
+    let lora = apply_lora(unet, &cfg).unwrap();
+    for (i, (_, l)) in lora.adapters.iter().enumerate() {
+        let b = l.lora_b.as_tensor();
+        l.lora_b.set(&(randn(b.dims(), 1000 + i as u64, DType::F32, &Device::Cpu).unwrap() * 0.05).unwrap()).unwrap();
+    }
+    lora
+}
+
+/// Exported in f16 to keep fixtures/ small (both sides read the same
+/// rounded values; loading converts to the model's dtype).
+fn export_both(lora: &LoraSet, layout: &UNetLayout, dir: &Path, name: &str) -> [PathBuf; 2] {
+    let peft = dir.join(format!("{name}.peft.safetensors"));
+    let kohya = dir.join(format!("{name}.kohya.safetensors"));
+    let mut weights = lora.weights();
+    for w in &mut weights {
+        w.lora_a = w.lora_a.to_dtype(DType::F16).unwrap();
+        w.lora_b = w.lora_b.to_dtype(DType::F16).unwrap();
+    }
+    save_peft(&peft, &weights).unwrap();
+    save_kohya(&kohya, &weights, layout, layout.default_names()).unwrap();
+    [peft, kohya]
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("psotune-lora-parity-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn exports_are_reproducible() {
+    let out = fixtures().join("lora");
+    let write = std::env::var_os("PSOTUNE_WRITE_LORA_FIXTURES").is_some();
+    for (name, _) in MODELS {
+        let mut unet = load(&fixtures().join(name).join("unet"));
+        let lora = seeded_lora(&mut unet);
+        let layout = UNetLayout::of(&unet);
+        if write {
+            std::fs::create_dir_all(&out).unwrap();
+            export_both(&lora, &layout, &out, name);
+        }
+        let fresh = export_both(&lora, &layout, &tmp("repro"), name);
+        for f in fresh {
+            let committed = read_safetensors(&out.join(f.file_name().unwrap())).unwrap();
+            let now = read_safetensors(&f).unwrap();
+            let mut keys: Vec<&String> = now.keys().collect();
+            keys.sort();
+            let mut ckeys: Vec<&String> = committed.keys().collect();
+            ckeys.sort();
+            assert_eq!(keys, ckeys, "{}: keys changed; regenerate the fixtures", f.display());
+            for k in keys {
+                let f = |t: &Tensor| t.flatten_all().unwrap().to_dtype(DType::F32).unwrap();
+                assert_eq!(max_abs_diff(&f(&now[k]), &f(&committed[k])), 0.0, "{k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn diffusers_loads_our_exports_with_the_same_output() {
+    let outputs = read_safetensors(&fixtures().join("lora/outputs.safetensors")).unwrap();
+    for (name, sdxl) in MODELS {
+        let base = load(&fixtures().join(name).join("unet"));
+        let base_out = forward(&base, name, sdxl);
+        for fmt in ["peft", "kohya"] {
+            let mut unet = base.clone();
+            let file = fixtures().join("lora").join(format!("{name}.{fmt}.safetensors"));
+            let lora = export::load_lora(&file, &mut unet, &LoraSwitch::new()).unwrap();
+            let got = forward(&unet, name, sdxl);
+            let want = &outputs[&format!("{name}.{fmt}.out")];
+            let d = max_abs_diff(&got, want);
+            let effect = max_abs_diff(&base_out, want);
+            println!("{name} {fmt}: {} adapters, max |diff| {d:e} (LoRA moves the output by {effect:e})", lora.len());
+            assert!(effect > 1e-2, "the LoRA should change the output");
+            assert!(d < 1e-4, "{name} {fmt}: {d}");
+        }
+    }
+}
+
+#[test]
+fn lora_made_by_peft_loads_with_the_same_output() {
+    let outputs = read_safetensors(&fixtures().join("lora/outputs.safetensors")).unwrap();
+    for (name, sdxl) in MODELS {
+        let mut unet = load(&fixtures().join(name).join("unet"));
+        let file = fixtures().join("lora").join(format!("{name}.diffusers-made.safetensors"));
+        let lora = export::load_lora(&file, &mut unet, &LoraSwitch::new()).unwrap();
+        assert!(lora.adapters.iter().any(|(_, l)| l.lora_a.rank() == 4), "conv targets expected");
+        let d = max_abs_diff(&forward(&unet, name, sdxl), &outputs[&format!("{name}.diffusers-made.out")]);
+        println!("{name} diffusers-made: {} adapters, max |diff| {d:e}", lora.len());
+        assert!(d < 1e-4, "{name}: {d}");
+        // With the switch off it is the base UNet again, exactly.
+        let off = lora.switch.run_disabled(|| forward(&unet, name, sdxl));
+        assert_eq!(max_abs_diff(&off, &forward(&load(&fixtures().join(name).join("unet")), name, sdxl)), 0.0);
+    }
+}
+
+#[test]
+fn merged_unet_folder_matches_the_adapters() {
+    for (name, sdxl) in MODELS {
+        let base_dir = fixtures().join(name).join("unet");
+        let mut unet = load(&base_dir);
+        let lora = seeded_lora(&mut unet);
+        lora.switch.set_multiplier(0.8);
+        let want = forward(&unet, name, sdxl);
+        let out = tmp("merged").join(name);
+        save_merged_unet(&base_dir, &lora.weights(), 0.8, &[], &out).unwrap();
+        let merged = load(&out);
+        let d = max_abs_diff(&forward(&merged, name, sdxl), &want);
+        println!("{name} merged: max |diff| {d:e}");
+        assert!(d < 1e-5, "{name}: {d}");
+        let names: HashMap<String, Tensor> = read_safetensors(&out.join("diffusion_pytorch_model.safetensors")).unwrap();
+        assert_eq!(names.len(), read_safetensors(&base_dir.join("diffusion_pytorch_model.safetensors")).unwrap().len());
+    }
+}
