@@ -51,6 +51,13 @@ pub struct SampleArgs {
     /// Weight variant to prefer, e.g. fp16 for *.fp16.safetensors.
     #[arg(long)]
     variant: Option<String>,
+    /// A LoRA file for the UNet: diffusers/PEFT (`pytorch_lora_weights.safetensors`)
+    /// or kohya (ComfyUI / A1111), told apart by its key names.
+    #[arg(long)]
+    lora: Option<PathBuf>,
+    /// Multiplies the LoRA's alpha/rank (0 = the base model, 1 = as trained).
+    #[arg(long, default_value_t = 1.0, requires = "lora")]
+    lora_scale: f64,
     /// cpu or cuda[:N].
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -64,7 +71,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
         bail!("--num-images must be at least 1");
     }
     let opts = LoadOptions { dtype: device::parse_dtype(&a.dtype)?, device: device::parse_device(&a.device)?, variant: a.variant.clone() };
-    let pipe = Pipeline::load(&a.model, &opts).with_context(|| format!("loading {}", a.model.display()))?;
+    let mut pipe = Pipeline::load(&a.model, &opts).with_context(|| format!("loading {}", a.model.display()))?;
+    if let Some(path) = &a.lora {
+        let lora = pipe.load_lora(path, a.lora_scale).with_context(|| format!("loading LoRA {}", path.display()))?;
+        eprintln!("LoRA {}: {} adapters, scale {}", path.display(), lora.len(), a.lora_scale);
+    }
     let init_latents = a.init_latents.as_deref().map(pipeline::read_init_latents).transpose()?;
     if init_latents.is_some() && a.num_images > 1 {
         bail!("--init-latents fixes the noise, so --num-images must be 1 (put several latents in the batch instead)");

@@ -114,3 +114,35 @@ fn bad_input_gives_a_clear_error_and_nonzero_exit() {
     ]);
     assert!(!ok && stderr.contains("[1, 4, 3, 3]"), "{stderr}");
 }
+
+/// `--lora` in either format changes the image; both formats give the same
+/// image; `--lora-scale 0` gives the base model's image; a LoRA for another
+/// UNet is a clear error naming the modules.
+#[test]
+fn lora_files_of_both_formats_sample() {
+    let dir = tmp("lora");
+    let model = fixtures().join("sd21-tiny");
+    let run = |out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut args = vec!["sample", "--model", model.to_str().unwrap(), "--prompt", "a dog", "--seed", "3", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = psotune(&args);
+        (ok, stdout.lines().next().map(|l| std::fs::read(l).unwrap()), stderr)
+    };
+    let peft = fixtures().join("lora/sd21-tiny.peft.safetensors");
+    let kohya = fixtures().join("lora/sd21-tiny.kohya.safetensors");
+    let (ok, base, e) = run("base", &[]);
+    assert!(ok, "{e}");
+    let (ok, with_peft, e) = run("peft", &["--lora", peft.to_str().unwrap()]);
+    assert!(ok && e.contains("121 adapters"), "{e}");
+    let (ok, with_kohya, e) = run("kohya", &["--lora", kohya.to_str().unwrap()]);
+    assert!(ok, "{e}");
+    let (ok, scale0, e) = run("zero", &["--lora", kohya.to_str().unwrap(), "--lora-scale", "0"]);
+    assert!(ok, "{e}");
+    assert_ne!(base, with_peft, "the LoRA did not change the image");
+    assert_eq!(with_peft, with_kohya, "the two formats of one LoRA must give the same image");
+    assert_eq!(base, scale0, "--lora-scale 0 must be the base model");
+    let wrong = fixtures().join("lora/sdxl-tiny.peft.safetensors");
+    let (ok, _, e) = run("wrong", &["--lora", wrong.to_str().unwrap()]);
+    assert!(!ok && e.contains("sdxl-tiny.peft.safetensors") && !e.contains("panicked"), "{e}");
+}

@@ -4,6 +4,7 @@ pub mod defaults;
 pub mod folder;
 pub mod image;
 pub mod load;
+mod lora;
 pub mod sample;
 pub mod text;
 
