@@ -66,11 +66,11 @@ impl UNetLayout {
 }
 
 fn resnet_part(rest: &[&str]) -> Option<String> {
-    let head = match rest.first()? {
-        &"conv1" => "in_layers.2",
-        &"conv2" => "out_layers.3",
-        &"time_emb_proj" => "emb_layers.1",
-        &"conv_shortcut" => "skip_connection",
+    let head = match *rest.first()? {
+        "conv1" => "in_layers.2",
+        "conv2" => "out_layers.3",
+        "time_emb_proj" => "emb_layers.1",
+        "conv_shortcut" => "skip_connection",
         _ => return None,
     };
     Some(std::iter::once(head).chain(rest[1..].iter().copied()).collect::<Vec<_>>().join("."))

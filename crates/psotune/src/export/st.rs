@@ -9,7 +9,10 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::nn::weights::read_safetensors;
 
-pub(crate) fn read_with_metadata(path: &Path) -> Result<(HashMap<String, Tensor>, Option<HashMap<String, String>>)> {
+/// Tensors by name, and the header's `__metadata__` string map.
+pub(crate) type TensorsAndMetadata = (HashMap<String, Tensor>, Option<HashMap<String, String>>);
+
+pub(crate) fn read_with_metadata(path: &Path) -> Result<TensorsAndMetadata> {
     let tensors = read_safetensors(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
