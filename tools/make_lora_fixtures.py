@@ -18,6 +18,8 @@ For each tiny pipeline (fixtures/sd21-tiny, fixtures/sdxl-tiny):
      lora_alpha=4 with to_k at alpha 1 via alpha_pattern, seeded non-zero lora_B),
      written by `save_lora_weights` as `{model}.diffusers-made.safetensors`, and its
      UNet output -> `{model}.diffusers-made.out`.
+  3. The SD 1.5-like UNet of fixtures/extra (1x1-conv projections, three levels)
+     with psotune's `sd15-tiny.{peft,kohya}.safetensors`, on its `lcm` golden case.
 All outputs go to fixtures/lora/outputs.safetensors (f32, one CPU thread).
 """
 
@@ -27,7 +29,7 @@ import sys
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
@@ -50,6 +52,26 @@ def unet_out(pipe, g: dict, sdxl: bool) -> torch.Tensor:
 def count_file_modules(path: Path) -> int:
     keys = load_file(path).keys()
     return sum(1 for k in keys if k.endswith((".lora_A.weight", ".lora_down.weight")))
+
+
+def sd15_exports(outputs: dict[str, torch.Tensor]) -> None:
+    """The SD 1.5-like extra UNet (1x1-conv projections, LCM timestep_cond): no
+    pipeline folder, so load through the pipeline class's LoRA entry points."""
+    unet_dir = FIXTURES / "extra" / "unet-sd15-lcm-tiny"
+    g = load_file(FIXTURES / "extra" / "unet-sd15-lcm-tiny.golden.safetensors")
+    for fmt in ["peft", "kohya"]:
+        unet = UNet2DConditionModel.from_pretrained(unet_dir, dtype=torch.float32)
+        path = OUT / f"sd15-tiny.{fmt}.safetensors"
+        state_dict, alphas, metadata = StableDiffusionPipeline.lora_state_dict(str(path), return_lora_metadata=True)
+        StableDiffusionPipeline.load_lora_into_unet(state_dict, alphas, unet, adapter_name=fmt, metadata=metadata)
+        loaded = sum(1 for _, m in unet.named_modules() if hasattr(m, "lora_A") and fmt in m.lora_A)
+        want = count_file_modules(path)
+        if loaded != want:
+            raise SystemExit(f"{path.name}: diffusers attached {loaded} of {want} adapters")
+        with torch.no_grad():
+            out = unet(g["lcm.sample"], g["lcm.timesteps"], g["lcm.encoder_hidden_states"], timestep_cond=g["lcm.timestep_cond"]).sample
+        outputs[f"sd15-tiny.{fmt}.out"] = out.contiguous()
+        print(f"sd15-tiny {fmt}: {loaded} adapters")
 
 
 def main() -> int:
@@ -87,16 +109,18 @@ def main() -> int:
             for _, m in pipe.unet.named_modules():
                 if hasattr(m, "lora_B") and "default" in m.lora_B:
                     m.lora_B["default"].weight.normal_(0.0, 0.05)
+                    # Stored in f16 to keep fixtures/ small: round the live
+                    # weights the same way so the output matches the file.
+                    for w in (m.lora_A["default"].weight, m.lora_B["default"].weight):
+                        w.copy_(w.half().float())
         path = OUT / f"{name}.diffusers-made.safetensors"
-        layers = get_peft_model_state_dict(pipe.unet)
+        layers = {k: v.half() for k, v in get_peft_model_state_dict(pipe.unet).items()}
         meta = pipe.unet.peft_config["default"].to_dict()
-        if sdxl:
-            pipe.save_lora_weights(OUT, unet_lora_layers=layers, unet_lora_adapter_metadata=meta, weight_name=path.name)
-        else:
-            pipe.save_lora_weights(OUT, unet_lora_layers=layers, unet_lora_adapter_metadata=meta, weight_name=path.name)
+        pipe.save_lora_weights(OUT, unet_lora_layers=layers, unet_lora_adapter_metadata=meta, weight_name=path.name)
         out = unet_out(pipe, g, sdxl)
         outputs[f"{name}.diffusers-made.out"] = out.contiguous()
         print(f"{name} diffusers-made: {count_file_modules(path)} adapters, output moved by {(out - base).abs().max().item():.3e}")
+    sd15_exports(outputs)
     save_file(outputs, OUT / "outputs.safetensors")
     return 0
 
