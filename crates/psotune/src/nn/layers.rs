@@ -87,11 +87,23 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // An active adapter: base convolution (this body, on a copy without
-        // the adapter; tensors are shared, not copied) plus the LoRA branch.
-        if let Some(l) = self.lora.as_ref().filter(|l| l.is_active()) {
-            return Conv2d { lora: None, ..self.clone() }.forward(x)? + l.conv_delta(x, self.stride, self.padding)?;
+        let y = ConvKernel::forward(self, x)?;
+        // Switched off, the adapter is skipped entirely (bit-exact base).
+        match &self.lora {
+            Some(l) if l.is_active() => y + l.conv_delta(x, self.stride, self.padding)?,
+            _ => Ok(y),
         }
+    }
+}
+
+/// The convolution itself, without the adapter (private: outside this file
+/// `conv.forward(x)` is always `Module::forward`).
+trait ConvKernel {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+impl ConvKernel for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, kh, kw) = self.weight.dims4()?;
         let (_, _, h, w) = x.dims4()?;
         let (p, s) = (self.padding, self.stride);
