@@ -85,23 +85,6 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = ConvKernel::forward(self, x)?;
-        // Switched off, the adapter is skipped entirely (bit-exact base).
-        match &self.lora {
-            Some(l) if l.is_active() => y + l.conv_delta(x, self.stride, self.padding)?,
-            _ => Ok(y),
-        }
-    }
-}
-
-/// The convolution itself, without the adapter (private: outside this file
-/// `conv.forward(x)` is always `Module::forward`).
-trait ConvKernel {
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
-}
-
 impl ConvKernel for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, kh, kw) = self.weight.dims4()?;
@@ -156,6 +139,24 @@ impl GroupNorm {
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::group_norm(x, self.num_groups, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// The convolution itself, without the adapter (private: outside this file
+/// `conv.forward(x)` is always `Module::forward`, which adds it).
+trait ConvKernel {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+/// `Conv2d`'s forward: the kernel (`ConvKernel`, above) plus the LoRA branch.
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = ConvKernel::forward(self, x)?;
+        // Switched off, the adapter is skipped entirely (bit-exact base).
+        match &self.lora {
+            Some(l) if l.is_active() => y + l.conv_delta(x, self.stride, self.padding)?,
+            _ => Ok(y),
+        }
     }
 }
 
