@@ -156,7 +156,7 @@ pub fn save_kohya(path: &Path, weights: &[LoraWeights], layout: &UNetLayout, nam
 /// looked up under both spellings; unknown names and text-encoder
 /// adapters are errors naming the keys.
 pub fn read_kohya(path: &Path, tensors: &HashMap<String, Tensor>, unet: &mut UNet2DConditionModel) -> Result<Vec<LoraWeights>> {
-    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let bad = |msg: String| super::lora_error(path, msg);
     let layout = UNetLayout::of(unet);
     let mut lookup: HashMap<String, String> = HashMap::new();
     for (p, _) in layer_paths(unet)? {

@@ -23,6 +23,11 @@ pub use kohya::{kohya_name, ldm_path, read_kohya, save_kohya, to_kohya_tensors, 
 pub use merged::save_merged_unet;
 pub use peft::{read_peft, save_peft, to_peft_tensors};
 
+/// A LoRA file that does not fit (names the file).
+pub(crate) fn lora_error(path: &Path, msg: String) -> Error {
+    Error::Invalid(format!("LoRA {}: {msg}", path.display()))
+}
+
 /// A LoRA file format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoraFormat {
@@ -62,10 +67,10 @@ pub fn read_lora(path: &Path, unet: &mut UNet2DConditionModel) -> Result<Vec<Lor
     match LoraFormat::detect(tensors.keys()) {
         Some(LoraFormat::Peft) => read_peft(path, &tensors, metadata.as_ref()),
         Some(LoraFormat::Kohya) => read_kohya(path, &tensors, unet),
-        None => Err(Error::Safetensors {
-            path: path.to_path_buf(),
-            msg: "no LoRA keys (neither `.lora_A.weight` / `.lora_B.weight` nor `.lora_down.weight` / `.lora_up.weight`)".into(),
-        }),
+        None => Err(lora_error(
+            path,
+            "no LoRA keys (neither `.lora_A.weight` / `.lora_B.weight` nor `.lora_down.weight` / `.lora_up.weight`)".into(),
+        )),
     }
 }
 
@@ -73,7 +78,7 @@ pub fn read_lora(path: &Path, unet: &mut UNet2DConditionModel) -> Result<Vec<Lor
 /// under `switch`.
 pub fn load_lora(path: &Path, unet: &mut UNet2DConditionModel, switch: &LoraSwitch) -> Result<LoraSet> {
     let weights = read_lora(path, unet)?;
-    attach_lora(unet, &weights, switch).map_err(|e| Error::Safetensors { path: path.to_path_buf(), msg: e.to_string() })
+    attach_lora(unet, &weights, switch).map_err(|e| lora_error(path, e.to_string()))
 }
 
 #[cfg(test)]

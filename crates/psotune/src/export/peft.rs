@@ -95,7 +95,7 @@ fn pattern_value(patterns: Option<&Value>, path: &str) -> Option<f64> {
 /// or `base_model.model.` (PEFT's `save_pretrained`); text-encoder
 /// adapters are rejected by name rather than silently dropped.
 pub fn read_peft(path: &Path, tensors: &HashMap<String, Tensor>, metadata: Option<&HashMap<String, String>>) -> Result<Vec<LoraWeights>> {
-    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let bad = |msg: String| super::lora_error(path, msg);
     let config: Option<Value> = match metadata.and_then(|m| m.get(METADATA_KEY)) {
         Some(s) => Some(serde_json::from_str(s).map_err(|e| bad(format!("{METADATA_KEY} is not JSON: {e}")))?),
         None => None,
