@@ -17,7 +17,7 @@
 //! PyTorch. A parameter without a gradient is skipped entirely (no decay, no
 //! step count), as PyTorch skips `p.grad is None`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
@@ -49,6 +49,18 @@ struct ParamState {
     step: u64,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+}
+
+/// The metadata of an optimizer file.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptimizerMeta {
+    format: String,
+    format_version: u32,
+    /// Updates per parameter (torch's per-parameter `state['step']`).
+    steps: BTreeMap<String, u64>,
+    /// The hyper-parameters in use when saved (for information).
+    config: AdamWConfig,
 }
 
 /// File tag in the optimizer safetensors metadata.
@@ -150,14 +162,14 @@ impl AdamW {
     /// Write the moments and per-parameter step counts (plus the
     /// hyper-parameters, for information) to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let steps: BTreeMap<&str, u64> = self.state.iter().map(|(k, s)| (k.as_str(), s.step)).collect();
-        let json = |v: serde_json::Result<String>| v.map_err(|source| Error::Json { path: path.to_path_buf(), source });
-        let mut meta = HashMap::new();
-        meta.insert("format".to_string(), FORMAT.to_string());
-        meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
-        meta.insert("steps".to_string(), json(serde_json::to_string(&steps))?);
-        meta.insert("config".to_string(), json(serde_json::to_string(&self.config))?);
-        write_tensors_with_metadata(&self.state_tensors(), meta, path)
+        let meta = OptimizerMeta {
+            format: FORMAT.to_string(),
+            format_version: FORMAT_VERSION,
+            steps: self.state.iter().map(|(k, s)| (k.clone(), s.step)).collect(),
+            config: self.config,
+        };
+        let meta = serde_json::to_value(&meta).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+        write_tensors_with_metadata(&self.state_tensors(), Some(&meta), path)
     }
 
     /// Replace the state with the one saved in `path`. Strict: every saved
@@ -167,18 +179,16 @@ impl AdamW {
     pub fn load(&mut self, path: &Path) -> Result<()> {
         let bad = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
         let (mut tensors, meta) = read_tensors_with_metadata(path)?;
-        let get = |k: &str| meta.get(k).ok_or_else(|| bad(format!("metadata lacks \"{k}\"")));
-        if get("format")? != FORMAT {
-            return Err(bad(format!("not an AdamW state (format {:?})", meta.get("format"))));
+        let meta = meta.ok_or_else(|| bad("no psotune metadata: not an AdamW state".into()))?;
+        let meta: OptimizerMeta = serde_json::from_value(meta).map_err(|e| bad(format!("metadata: {e}")))?;
+        if meta.format != FORMAT {
+            return Err(bad(format!("not an AdamW state (format {:?})", meta.format)));
         }
-        let version = get("format_version")?;
-        if version != &FORMAT_VERSION.to_string() {
-            return Err(bad(format!("AdamW state format_version {version}, this psotune reads {FORMAT_VERSION}")));
+        if meta.format_version != FORMAT_VERSION {
+            return Err(bad(format!("AdamW state format_version {}, this psotune reads {FORMAT_VERSION}", meta.format_version)));
         }
-        let steps: BTreeMap<String, u64> =
-            serde_json::from_str(get("steps")?).map_err(|e| bad(format!("metadata \"steps\": {e}")))?;
         let mut state = BTreeMap::new();
-        for (name, step) in steps {
+        for (name, step) in meta.steps {
             let Some((_, var)) = self.params.iter().find(|(p, _)| *p == name) else {
                 return Err(bad(format!("state for {name}, which is not a parameter of this run")));
             };

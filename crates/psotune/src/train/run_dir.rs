@@ -126,7 +126,7 @@ impl RunDir {
         remove_dir_if_exists(&tmp)?;
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
 
-        write_tensors_with_metadata(c.weights, Default::default(), &tmp.join(WEIGHTS_FILE))?;
+        write_tensors_with_metadata(c.weights, None, &tmp.join(WEIGHTS_FILE))?;
         self.stage(c.step, WriteStage::Wrote(WEIGHTS_FILE));
         c.optimizer.save(&tmp.join(OPTIMIZER_FILE))?;
         self.stage(c.step, WriteStage::Wrote(OPTIMIZER_FILE));

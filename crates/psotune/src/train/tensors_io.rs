@@ -11,10 +11,22 @@ use candle_core::Tensor;
 use crate::error::{Error, Result};
 use crate::nn::weights::read_safetensors;
 
-/// Write `tensors` (sorted by name, so equal inputs give equal bytes) with
-/// `metadata` to `path` and fsync it.
-pub fn write_tensors_with_metadata(tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>, path: &Path) -> Result<()> {
-    let meta = if metadata.is_empty() { None } else { Some(metadata) };
+/// The one metadata key psotune writes. safetensors keeps metadata in a
+/// `HashMap`, whose order (and so the file's bytes) would change from process
+/// to process with several keys; one key holding a JSON object with sorted
+/// fields makes equal inputs give equal bytes, which the resume test checks.
+pub const METADATA_KEY: &str = "psotune";
+
+/// Write `tensors` (sorted by name) with `metadata` (a JSON value stored under
+/// [`METADATA_KEY`]) to `path` and fsync it. Equal inputs give equal bytes.
+pub fn write_tensors_with_metadata(tensors: &BTreeMap<String, Tensor>, metadata: Option<&serde_json::Value>, path: &Path) -> Result<()> {
+    let meta = match metadata {
+        None => None,
+        Some(v) => {
+            let text = serde_json::to_string(v).map_err(|source| Error::Json { path: path.to_path_buf(), source })?;
+            Some(HashMap::from([(METADATA_KEY.to_string(), text)]))
+        }
+    };
     // candle's `View` for Tensor copies to the CPU and cannot fail there.
     let cpu: BTreeMap<&String, Tensor> =
         tensors.iter().map(|(k, t)| Ok((k, t.to_device(&candle_core::Device::Cpu)?))).collect::<Result<_>>()?;
@@ -23,13 +35,18 @@ pub fn write_tensors_with_metadata(tensors: &BTreeMap<String, Tensor>, metadata:
     write_durably(path, &bytes)
 }
 
-/// All tensors of `path` on the CPU, and its metadata (empty when none).
-pub fn read_tensors_with_metadata(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+/// All tensors of `path` on the CPU, and the JSON under [`METADATA_KEY`]
+/// (None when absent).
+pub fn read_tensors_with_metadata(path: &Path) -> Result<(HashMap<String, Tensor>, Option<serde_json::Value>)> {
     let tensors = read_safetensors(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| Error::Safetensors { path: path.to_path_buf(), msg: e.to_string() })?;
-    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
+    let value = match meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)) {
+        None => None,
+        Some(text) => Some(serde_json::from_str(text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?),
+    };
+    Ok((tensors, value))
 }
 
 /// Create `path` with `bytes` and fsync it.

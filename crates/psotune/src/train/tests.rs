@@ -301,3 +301,20 @@ fn write_hook_sees_every_stage_in_order() {
     want.extend([(2, WriteStage::Renamed), (2, WriteStage::Removing(1))]);
     assert_eq!(seen, want);
 }
+
+/// Regression: with several safetensors metadata keys the optimizer file's
+/// bytes depended on `HashMap` order, so a resumed run's checkpoint differed
+/// from the uninterrupted one's although every tensor was equal.
+#[test]
+fn optimizer_file_bytes_are_deterministic() {
+    let dir = tempdir("adamw_bytes");
+    let (_, _, mut opt) = torch_case_optimizer();
+    opt.step(&torch_case_grads(0)).unwrap();
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let path = dir.join(format!("{i}.safetensors"));
+        opt.save(&path).unwrap();
+        files.push(std::fs::read(path).unwrap());
+    }
+    assert!(files.windows(2).all(|w| w[0] == w[1]));
+}
