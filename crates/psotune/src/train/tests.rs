@@ -1,4 +1,5 @@
 //! Unit tests of the optimizer, gradients and run directories.
+#![allow(clippy::excessive_precision)] // torch's printed values, verbatim
 
 use std::collections::BTreeMap;
 
