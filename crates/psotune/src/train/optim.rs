@@ -17,7 +17,7 @@
 //! PyTorch. A parameter without a gradient is skipped entirely (no decay, no
 //! step count), as PyTorch skips `p.grad is None`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
@@ -71,6 +71,8 @@ pub struct AdamW {
     config: AdamWConfig,
     lr: f64,
     params: Vec<(String, Var)>,
+    /// Name -> index into `params`.
+    index: HashMap<String, usize>,
     state: BTreeMap<String, ParamState>,
 }
 
@@ -78,13 +80,13 @@ impl AdamW {
     /// Optimize `params` (names must be unique), e.g.
     /// [`crate::nn::Weights::vars`] or a LoRA adapter list.
     pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
-        let mut seen = std::collections::BTreeSet::new();
-        for (name, _) in &params {
-            if !seen.insert(name.as_str()) {
+        let mut index = HashMap::new();
+        for (i, (name, _)) in params.iter().enumerate() {
+            if index.insert(name.clone(), i).is_some() {
                 return Err(Error::invalid(format!("AdamW: parameter {name} is listed twice")));
             }
         }
-        Ok(AdamW { lr: config.lr, config, params, state: BTreeMap::new() })
+        Ok(AdamW { lr: config.lr, config, params, index, state: BTreeMap::new() })
     }
 
     pub fn config(&self) -> &AdamWConfig {
@@ -113,7 +115,7 @@ impl AdamW {
     /// Gradients for names that are not parameters are an error (a typo in a
     /// name would otherwise silently train nothing).
     pub fn step(&mut self, grads: &Grads) -> Result<()> {
-        if let Some((name, _)) = grads.iter().find(|(n, _)| !self.params.iter().any(|(p, _)| p == *n)) {
+        if let Some((name, _)) = grads.iter().find(|(n, _)| !self.index.contains_key(*n)) {
             return Err(Error::invalid(format!("AdamW: gradient for {name}, which is not a parameter")));
         }
         let AdamWConfig { beta1, beta2, eps, weight_decay, .. } = self.config;
@@ -189,7 +191,7 @@ impl AdamW {
         }
         let mut state = BTreeMap::new();
         for (name, step) in meta.steps {
-            let Some((_, var)) = self.params.iter().find(|(p, _)| *p == name) else {
+            let Some((_, var)) = self.index.get(&name).map(|&i| &self.params[i]) else {
                 return Err(bad(format!("state for {name}, which is not a parameter of this run")));
             };
             let mut take = |suffix: &str| {
