@@ -112,23 +112,27 @@ impl AdamW {
     }
 
     /// One update of every parameter that has a gradient in `grads`.
-    /// Gradients for names that are not parameters are an error (a typo in a
-    /// name would otherwise silently train nothing).
+    /// Gradients for names that are not parameters, or of the wrong shape,
+    /// are an error found before any parameter changes (a typo in a name
+    /// would otherwise silently train nothing).
     pub fn step(&mut self, grads: &Grads) -> Result<()> {
-        if let Some((name, _)) = grads.iter().find(|(n, _)| !self.index.contains_key(*n)) {
-            return Err(Error::invalid(format!("AdamW: gradient for {name}, which is not a parameter")));
+        for (name, g) in grads.iter() {
+            let Some(&i) = self.index.get(name) else {
+                return Err(Error::invalid(format!("AdamW: gradient for {name}, which is not a parameter")));
+            };
+            let p = self.params[i].1.dims();
+            if g.dims() != p {
+                return Err(Error::invalid(format!("AdamW: gradient of {name} has shape {:?}, parameter {p:?}", g.dims())));
+            }
         }
         let AdamWConfig { beta1, beta2, eps, weight_decay, .. } = self.config;
         let lr = self.lr;
         for (name, var) in &self.params {
             let Some(g) = grads.get(name) else { continue };
             let p = var.as_tensor();
-            if g.dims() != p.dims() {
-                return Err(Error::invalid(format!("AdamW: gradient of {name} has shape {:?}, parameter {:?}", g.dims(), p.dims())));
-            }
             let g = g.to_dtype(p.dtype())?;
-            let st = match self.state.remove(name) {
-                Some(st) => st,
+            let st = match self.state.get(name) {
+                Some(st) => st.clone(),
                 None => ParamState { step: 0, exp_avg: p.zeros_like()?, exp_avg_sq: p.zeros_like()? },
             };
             let step = st.step + 1;

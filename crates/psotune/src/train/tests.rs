@@ -158,6 +158,12 @@ fn adamw_rejects_unknown_gradients_and_duplicate_names() {
     let (_, _, mut opt) = torch_case_optimizer();
     let err = opt.step(&grads(&[("r", &[1.0], &[1])])).unwrap_err().to_string();
     assert!(err.contains("r"), "{err}");
+    // A mis-shaped gradient is found before any parameter moves.
+    let before = vals(opt.params()[0].1.as_tensor());
+    let err = opt.step(&grads(&[("p", &[1.0; 5], &[5]), ("q", &[1.0; 3], &[3])])).unwrap_err().to_string();
+    assert!(err.contains("q") && err.contains("[3]"), "{err}");
+    assert_eq!(vals(opt.params()[0].1.as_tensor()), before);
+    assert_eq!(opt.param_step("p"), 0);
     let v = var(&[1.0], &[1]);
     assert!(AdamW::new(vec![("a".into(), v.clone()), ("a".into(), v)], AdamWConfig::default()).is_err());
 }
