@@ -9,7 +9,6 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::nn::weights::read_safetensors;
 
 /// The one metadata key psotune writes. safetensors keeps metadata in a
 /// `HashMap`, whose order (and so the file's bytes) would change from process
@@ -38,10 +37,10 @@ pub fn write_tensors_with_metadata(tensors: &BTreeMap<String, Tensor>, metadata:
 /// All tensors of `path` on the CPU, and the JSON under [`METADATA_KEY`]
 /// (None when absent).
 pub fn read_tensors_with_metadata(path: &Path) -> Result<(HashMap<String, Tensor>, Option<serde_json::Value>)> {
-    let tensors = read_safetensors(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::Safetensors { path: path.to_path_buf(), msg: e.to_string() })?;
+    let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).map_err(|e| bad(e.to_string()))?;
     let value = match meta.metadata().as_ref().and_then(|m| m.get(METADATA_KEY)) {
         None => None,
         Some(text) => Some(serde_json::from_str(text).map_err(|source| Error::Json { path: path.to_path_buf(), source })?),
