@@ -1,0 +1,115 @@
+//! Micro-benchmark for issue 3: candle's conv2d against `psotune::ops::conv2d`
+//! (forward, and forward + backward to input and weight), f32 on the CPU.
+//!
+//!     RAYON_NUM_THREADS=2 CARGO_PROFILE_DEV_OPT_LEVEL=3 \
+//!         cargo run -p psotune --example conv_bench
+//!
+//! Prints the median ms over a few runs per shape. Timings only; the
+//! numerics are tested in `ops::conv`'s unit tests.
+
+use std::time::Instant;
+
+use candle_core::{Device, Result, Tensor, Var};
+
+/// (name, batch, cin, cout, size, kernel, stride, padding)
+type Case = (&'static str, usize, usize, usize, usize, usize, usize, usize);
+
+const CASES: &[Case] = &[
+    ("small  16x4x32x32 -> 32 k3", 16, 4, 32, 32, 3, 1, 1),
+    ("small  16x32x32x32 -> 32 k3", 16, 32, 32, 32, 3, 1, 1),
+    ("small  16x32x32x32 -> 32 k3 s2", 16, 32, 32, 32, 3, 2, 1),
+    ("small  16x32x16x16 -> 64 k3", 16, 32, 64, 16, 3, 1, 1),
+    ("small  16x64x16x16 -> 64 k3", 16, 64, 64, 16, 3, 1, 1),
+    ("small  16x64x8x8 -> 64 k3", 16, 64, 64, 8, 3, 1, 1),
+    ("small  16x32x16x16 -> 64 k1", 16, 32, 64, 16, 1, 1, 0),
+    ("issue  8x32x32x32 -> 32 k3", 8, 32, 32, 32, 3, 1, 1),
+    ("turbo  1x320x32x32 -> 320 k3", 1, 320, 320, 32, 3, 1, 1),
+];
+
+fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f().map(|_| start.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn main() -> Result<()> {
+    let dev = Device::Cpu;
+    println!("rayon threads: {}", rayon_threads());
+    println!("{:<32} {:>10} {:>10} {:>12} {:>12} {:>7}", "shape", "candle_fw", "ours_fw", "candle_fwbw", "ours_fwbw", "speedup");
+    for &(name, b, cin, cout, size, k, s, p) in CASES {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, cin, size, size), &dev)?)?;
+        let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev)? * 0.1)?)?;
+        let candle = |bwd: bool| -> Result<()> {
+            let y = x.as_tensor().conv2d(&w, p, s, 1, 1)?;
+            if bwd {
+                y.sum_all()?.backward()?;
+            }
+            Ok(())
+        };
+        let ours = |bwd: bool| -> Result<()> {
+            let y = psotune::ops::conv2d(&x, &w, s, p)?;
+            if bwd {
+                y.sum_all()?.backward()?;
+            }
+            Ok(())
+        };
+        let reps = if b * cin * size * size > 1 << 18 { 5 } else { 9 };
+        let cf = median_ms(reps, || candle(false))?;
+        let of = median_ms(reps, || ours(false))?;
+        let cb = median_ms(reps, || candle(true))?;
+        let ob = median_ms(reps, || ours(true))?;
+        println!("{name:<32} {cf:>10.2} {of:>10.2} {cb:>12.2} {ob:>12.2} {:>6.1}x", cb / ob);
+        if std::env::var("CONV_BENCH_SPLIT").is_ok() {
+            // Our backward split: input gradient only (frozen weight), weight gradient only.
+            let (xt, wt) = (x.as_tensor().detach(), w.as_tensor().detach());
+            let gx = median_ms(reps, || psotune::ops::conv2d(&x, &wt, s, p)?.sum_all()?.backward().map(|_| ()))?;
+            let gw = median_ms(reps, || psotune::ops::conv2d(&xt, &w, s, p)?.sum_all()?.backward().map(|_| ()))?;
+            println!("{:<32} fw+dx {gx:.2} ms, fw+dw {gw:.2} ms", "");
+        }
+    }
+    group_norm_bench()
+}
+
+/// Composed `ops::group_norm` (+ `ops::silu`) against the fused op.
+fn group_norm_bench() -> Result<()> {
+    use psotune::ops::{group_norm, group_norm_fused, group_norm_silu, silu};
+    println!("{:<32} {:>10} {:>10} {:>12} {:>12} {:>7}", "group norm (32 groups)", "composed", "fused", "comp_fwbw", "fused_fwbw", "speedup");
+    for &(b, c, size) in &[(16usize, 32usize, 32usize), (16, 64, 16), (8, 32, 32), (1, 320, 32)] {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, size, size), &dev)?)?;
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.1, c, &dev)?)?;
+        let bias = Var::from_tensor(&Tensor::randn(0f32, 0.1, c, &dev)?)?;
+        for with_silu in [false, true] {
+            let composed = |bwd: bool| -> Result<()> {
+                let y = group_norm(&x, 32, &w, &bias, 1e-5)?;
+                let y = if with_silu { silu(&y)? } else { y };
+                if bwd {
+                    y.sum_all()?.backward()?;
+                }
+                Ok(())
+            };
+            let fused = |bwd: bool| -> Result<()> {
+                let y = if with_silu { group_norm_silu(&x, 32, &w, &bias, 1e-5)? } else { group_norm_fused(&x, 32, &w, &bias, 1e-5)? };
+                if bwd {
+                    y.sum_all()?.backward()?;
+                }
+                Ok(())
+            };
+            let (cf, ff) = (median_ms(9, || composed(false))?, median_ms(9, || fused(false))?);
+            let (cb, fb) = (median_ms(9, || composed(true))?, median_ms(9, || fused(true))?);
+            let name = format!("{b}x{c}x{size}x{size}{}", if with_silu { " +silu" } else { "" });
+            println!("{name:<32} {cf:>10.2} {ff:>10.2} {cb:>12.2} {fb:>12.2} {:>6.1}x", cb / fb);
+        }
+    }
+    Ok(())
+}
+
+fn rayon_threads() -> String {
+    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+}
