@@ -87,7 +87,7 @@ impl GroupNorm {
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::group_norm(x, self.num_groups, &self.weight, &self.bias, self.eps)
+        ops::group_norm_fused(x, self.num_groups, &self.weight, &self.bias, self.eps)
     }
 }
 

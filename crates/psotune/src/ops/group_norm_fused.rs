@@ -80,27 +80,65 @@ struct GroupNormOp {
     with_silu: bool,
 }
 
-fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+fn slice_of<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("group_norm: expected a contiguous operand"),
     }
 }
 
-/// (mean, 1 / sqrt(var + eps)) of one block, biased variance, two passes.
-fn stats<T: WithDType>(xs: &[T], eps: f64) -> (f64, f64) {
-    let n = xs.len().max(1) as f64;
-    let mean = xs.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = xs.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / n;
-    (mean, 1.0 / (var + eps).sqrt())
+/// The float types the kernel runs in; element math stays in the input's
+/// precision, only sums are widened.
+pub trait Real: WithDType {
+    fn exp(self) -> Self;
 }
 
-fn sigmoid(v: f64) -> f64 {
-    1.0 / (1.0 + (-v).exp())
+impl Real for f32 {
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+}
+
+impl Real for f64 {
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+}
+
+/// Sum of `f` over zipped elements, in 8 independent lanes of `T` (so the
+/// compiler can vectorise) flushed to f64 every 1024 elements (so long
+/// blocks lose no precision).
+fn lane_sum<T: Real>(xs: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut total = 0f64;
+    for chunk in xs.chunks(1024) {
+        let mut lanes = [T::zero(); 8];
+        let mut it = chunk.chunks_exact(8);
+        for c in &mut it {
+            for l in 0..8 {
+                lanes[l] += f(c[l]);
+            }
+        }
+        total += lanes.iter().map(|v| v.to_f64()).sum::<f64>();
+        total += it.remainder().iter().map(|&v| f(v).to_f64()).sum::<f64>();
+    }
+    total
+}
+
+/// (mean, 1 / sqrt(var + eps)) of one block, biased variance, two passes.
+fn stats<T: Real>(xs: &[T], eps: f64) -> (T, T) {
+    let n = xs.len().max(1) as f64;
+    let mean = lane_sum(xs, |v| v) / n;
+    let m = T::from_f64(mean);
+    let var = lane_sum(xs, |v| (v - m) * (v - m)) / n;
+    (m, T::from_f64(1.0 / (var + eps).sqrt()))
+}
+
+fn sigmoid<T: Real>(v: T) -> T {
+    T::one() / (T::one() + (T::zero() - v).exp())
 }
 
 impl GroupNormOp {
-    fn forward<T: WithDType>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
+    fn forward<T: Real>(&self, x: &[T], gamma: &[T], beta: &[T]) -> Vec<T> {
         let s = self.shape;
         let mut y = vec![T::zero(); x.len()];
         if s.block() == 0 {
@@ -110,12 +148,18 @@ impl GroupNormOp {
             let (mean, rstd) = stats(xb, self.eps);
             let c0 = (i % s.groups) * s.per_group();
             for (ci, (yc, xc)) in yb.chunks_mut(s.spatial).zip(xb.chunks(s.spatial)).enumerate() {
-                // y = x a + b with a = rstd gamma, b = beta - mean a: one fma per element.
-                let a = rstd * gamma[c0 + ci].to_f64();
-                let b = beta[c0 + ci].to_f64() - mean * a;
-                for (o, v) in yc.iter_mut().zip(xc) {
-                    let t = v.to_f64() * a + b;
-                    *o = T::from_f64(if self.with_silu { t * sigmoid(t) } else { t });
+                // y = x a + b with a = rstd gamma, b = beta - mean a.
+                let a = rstd * gamma[c0 + ci];
+                let b = beta[c0 + ci] - mean * a;
+                if self.with_silu {
+                    for (o, &v) in yc.iter_mut().zip(xc) {
+                        let t = v * a + b;
+                        *o = t * sigmoid(t);
+                    }
+                } else {
+                    for (o, &v) in yc.iter_mut().zip(xc) {
+                        *o = v * a + b;
+                    }
                 }
             }
         });
@@ -123,7 +167,7 @@ impl GroupNormOp {
     }
 
     /// (dx, dgamma, dbeta) from x and the output gradient `gy`.
-    fn backward<T: WithDType>(&self, x: &[T], gamma: &[T], beta: &[T], gy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    fn backward<T: Real>(&self, x: &[T], gamma: &[T], beta: &[T], gy: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let s = self.shape;
         let (cpg, sp) = (s.per_group(), s.spatial);
         let mut dx = vec![T::zero(); x.len()];
@@ -140,35 +184,54 @@ impl GroupNormOp {
                     let c0 = (i % s.groups) * cpg;
                     let (mut a_sum, mut b_sum) = (0f64, 0f64);
                     for ci in 0..cpg {
-                        let (gm, bt) = (gamma[c0 + ci].to_f64(), beta[c0 + ci].to_f64());
-                        let range = ci * sp..(ci + 1) * sp;
-                        let (mut sg, mut sgx) = (0f64, 0f64);
-                        // First pass: g (after SiLU's derivative) into dx, channel sums.
-                        for ((d, v), go) in dxb[range.clone()].iter_mut().zip(&xb[range.clone()]).zip(&gyb[range]) {
-                            let xh = (v.to_f64() - mean) * rstd;
-                            let mut g = go.to_f64();
-                            if self.with_silu {
-                                let t = xh * gm + bt;
+                        let (gm, bt) = (gamma[c0 + ci], beta[c0 + ci]);
+                        let r = ci * sp..(ci + 1) * sp;
+                        let (dc, xc, gc) = (&mut dxb[r.clone()], &xb[r.clone()], &gyb[r]);
+                        // g: the gradient of the affine output (through SiLU's
+                        // derivative s (1 + t (1 - s)) when fused), kept in dx.
+                        if self.with_silu {
+                            let (a, b) = (rstd * gm, bt - mean * rstd * gm);
+                            for ((d, &v), &go) in dc.iter_mut().zip(xc).zip(gc) {
+                                let t = v * a + b;
                                 let sg = sigmoid(t);
-                                g *= sg * (1.0 + t * (1.0 - sg));
+                                *d = go * sg * (T::one() + t * (T::one() - sg));
                             }
-                            sg += g;
-                            sgx += g * xh;
-                            *d = T::from_f64(g);
+                        } else {
+                            dc.copy_from_slice(gc);
                         }
+                        let sg = lane_sum(dc, |g| g);
+                        // sum g x^ = rstd (sum g x - mean sum g)
+                        let sgx_raw = {
+                            let mut total = 0f64;
+                            for (dchunk, xchunk) in dc.chunks(1024).zip(xc.chunks(1024)) {
+                                let mut lanes = [T::zero(); 8];
+                                let (mut di, mut xi) = (dchunk.chunks_exact(8), xchunk.chunks_exact(8));
+                                for (d8, x8) in (&mut di).zip(&mut xi) {
+                                    for l in 0..8 {
+                                        lanes[l] += d8[l] * (x8[l] - mean);
+                                    }
+                                }
+                                total += lanes.iter().map(|v| v.to_f64()).sum::<f64>();
+                                total += di.remainder().iter().zip(xi.remainder()).map(|(&d, &v)| (d * (v - mean)).to_f64()).sum::<f64>();
+                            }
+                            total
+                        };
+                        let sgx = sgx_raw * rstd.to_f64();
                         sb[ci] = (sg, sgx);
-                        a_sum += gm * sg;
-                        b_sum += gm * sgx;
+                        a_sum += gm.to_f64() * sg;
+                        b_sum += gm.to_f64() * sgx;
                     }
                     let n = s.block() as f64;
-                    let (a_mean, b_mean) = (a_sum / n, b_sum / n);
-                    // Second pass: dx = rstd (g gamma - mean(g gamma) - x^ mean(g gamma x^)).
+                    let (a_mean, b_mean) = (T::from_f64(a_sum / n), T::from_f64(b_sum / n));
+                    // dx = rstd (g gamma - mean(g gamma) - x^ mean(g gamma x^)).
                     for ci in 0..cpg {
-                        let gm = gamma[c0 + ci].to_f64();
-                        let range = ci * sp..(ci + 1) * sp;
-                        for (d, v) in dxb[range.clone()].iter_mut().zip(&xb[range]) {
-                            let xh = (v.to_f64() - mean) * rstd;
-                            *d = T::from_f64(rstd * (d.to_f64() * gm - a_mean - xh * b_mean));
+                        let gm = gamma[c0 + ci];
+                        let r = ci * sp..(ci + 1) * sp;
+                        let (p, q) = (rstd * gm, rstd * rstd * b_mean);
+                        let c = q * mean - rstd * a_mean;
+                        // rstd (g gm - a_mean - (v - mean) rstd b_mean) = g p - v q + c
+                        for (d, &v) in dxb[r.clone()].iter_mut().zip(&xb[r]) {
+                            *d = *d * p - v * q + c;
                         }
                     }
                 });
@@ -184,7 +247,7 @@ impl GroupNormOp {
         (dx, cast(dgamma), cast(dbeta))
     }
 
-    fn bwd_typed<T: WithDType>(&self, x: &Tensor, w: &Tensor, b: &Tensor, gy: &Tensor) -> Result<[Tensor; 3]> {
+    fn bwd_typed<T: Real>(&self, x: &Tensor, w: &Tensor, b: &Tensor, gy: &Tensor) -> Result<[Tensor; 3]> {
         let vecs = |t: &Tensor| -> Result<Vec<T>> { t.flatten_all()?.to_vec1::<T>() };
         let (dx, dg, db) = self.backward(&vecs(x)?, &vecs(w)?, &vecs(b)?, &vecs(gy)?);
         Ok([
