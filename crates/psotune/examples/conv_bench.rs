@@ -74,7 +74,38 @@ fn main() -> Result<()> {
             println!("{:<32} fw+dx {gx:.2} ms, fw+dw {gw:.2} ms", "");
         }
     }
-    group_norm_bench()
+    group_norm_bench()?;
+    block_bench()
+}
+
+/// A ResnetBlock2D body, silu(gn(x)) -> conv3 -> silu(gn) -> conv3 + x,
+/// forward + backward with all weights trained: candle's conv2d and the
+/// composed group norm ("before") against the fast ops ("after").
+fn block_bench() -> Result<()> {
+    use psotune::ops::{conv2d, group_norm, group_norm_silu, silu};
+    println!("{:<32} {:>10} {:>10} {:>7}", "resnet block fw+bw", "before", "after", "speedup");
+    for &(b, c, size) in &[(16usize, 32usize, 32usize), (16, 64, 16), (16, 64, 8), (8, 32, 32)] {
+        let dev = Device::Cpu;
+        let var = |t: Tensor| Var::from_tensor(&t);
+        let x = var(Tensor::randn(0f32, 1.0, (b, c, size, size), &dev)?)?;
+        let w1 = var((Tensor::randn(0f32, 1.0, (c, c, 3, 3), &dev)? * 0.05)?)?;
+        let w2 = var((Tensor::randn(0f32, 1.0, (c, c, 3, 3), &dev)? * 0.05)?)?;
+        let (g1, b1) = (var(Tensor::ones(c, candle_core::DType::F32, &dev)?)?, var(Tensor::zeros(c, candle_core::DType::F32, &dev)?)?);
+        let (g2, b2) = (var(Tensor::ones(c, candle_core::DType::F32, &dev)?)?, var(Tensor::zeros(c, candle_core::DType::F32, &dev)?)?);
+        let before = || -> Result<()> {
+            let h = silu(&group_norm(&x, 32, &g1, &b1, 1e-5)?)?.conv2d(&w1, 1, 1, 1, 1)?;
+            let h = silu(&group_norm(&h, 32, &g2, &b2, 1e-5)?)?.conv2d(&w2, 1, 1, 1, 1)?;
+            (h + x.as_tensor())?.sqr()?.sum_all()?.backward().map(|_| ())
+        };
+        let after = || -> Result<()> {
+            let h = conv2d(&group_norm_silu(&x, 32, &g1, &b1, 1e-5)?, &w1, 1, 1)?;
+            let h = conv2d(&group_norm_silu(&h, 32, &g2, &b2, 1e-5)?, &w2, 1, 1)?;
+            (h + x.as_tensor())?.sqr()?.sum_all()?.backward().map(|_| ())
+        };
+        let (tb, ta) = (median_ms(5, before)?, median_ms(5, after)?);
+        println!("{:<32} {tb:>10.2} {ta:>10.2} {:>6.1}x", format!("{b}x{c}x{size}x{size}"), tb / ta);
+    }
+    Ok(())
 }
 
 /// Composed `ops::group_norm` (+ `ops::silu`) against the fused op.
