@@ -8,7 +8,9 @@ use super::{candle_conv2d, conv2d_chunked, geometry, COL_CHUNK_ELEMS};
 use crate::ops::gradcheck::{check, det_tensor, project};
 
 /// (batch, cin, h, w, cout, kernel, stride, padding)
-const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+type Case = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+const CASES: &[Case] = &[
     (1, 3, 5, 4, 2, 3, 1, 1),
     (2, 3, 5, 4, 2, 3, 1, 1),
     (3, 2, 6, 5, 3, 3, 2, 1),
@@ -20,7 +22,7 @@ const CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (2, 3, 4, 4, 2, 2, 1, 1),
 ];
 
-fn inputs(c: (usize, usize, usize, usize, usize, usize, usize, usize), seed: u64) -> (Tensor, Tensor) {
+fn inputs(c: Case, seed: u64) -> (Tensor, Tensor) {
     let (b, cin, h, w, cout, k, _, _) = c;
     (det_tensor(&[b, cin, h, w], seed), det_tensor(&[cout, cin, k, k], seed + 1))
 }
