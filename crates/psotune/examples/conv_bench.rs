@@ -1,5 +1,7 @@
-//! Micro-benchmark for issue 3: candle's conv2d against `psotune::ops::conv2d`
-//! (forward, and forward + backward to input and weight), f32 on the CPU.
+//! Micro-benchmark for issue 3, f32 on the CPU: candle's conv2d + bias
+//! against `psotune::ops::conv2d_bias` (forward, and forward + backward to
+//! input, weight and bias), the composed group norm against the fused one,
+//! and a ResnetBlock2D body built from each.
 //!
 //!     RAYON_NUM_THREADS=2 CARGO_PROFILE_DEV_OPT_LEVEL=3 \
 //!         cargo run -p psotune --example conv_bench
@@ -46,15 +48,16 @@ fn main() -> Result<()> {
     for &(name, b, cin, cout, size, k, s, p) in cases {
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, cin, size, size), &dev)?)?;
         let w = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev)? * 0.1)?)?;
+        let bias = Var::from_tensor(&Tensor::zeros(cout, candle_core::DType::F32, &dev)?)?;
         let candle = |bwd: bool| -> Result<()> {
-            let y = x.as_tensor().conv2d(&w, p, s, 1, 1)?;
+            let y = x.as_tensor().conv2d(&w, p, s, 1, 1)?.broadcast_add(&bias.reshape((1, cout, 1, 1))?)?;
             if bwd {
                 y.sum_all()?.backward()?;
             }
             Ok(())
         };
         let ours = |bwd: bool| -> Result<()> {
-            let y = psotune::ops::conv2d(&x, &w, s, p)?;
+            let y = psotune::ops::conv2d_bias(&x, &w, Some(&bias), s, p)?;
             if bwd {
                 y.sum_all()?.backward()?;
             }
@@ -78,11 +81,11 @@ fn main() -> Result<()> {
     block_bench()
 }
 
-/// A ResnetBlock2D body, silu(gn(x)) -> conv3 -> silu(gn) -> conv3 + x,
+/// A ResnetBlock2D body, silu(gn(x)) -> conv3 + bias -> silu(gn) -> conv3 + bias + x,
 /// forward + backward with all weights trained: candle's conv2d and the
 /// composed group norm ("before") against the fast ops ("after").
 fn block_bench() -> Result<()> {
-    use psotune::ops::{conv2d, group_norm, group_norm_silu, silu};
+    use psotune::ops::{conv2d_bias, group_norm, group_norm_silu, silu};
     println!("{:<32} {:>10} {:>10} {:>7}", "resnet block fw+bw", "before", "after", "speedup");
     for &(b, c, size) in &[(16usize, 32usize, 32usize), (16, 64, 16), (16, 64, 8), (8, 32, 32)] {
         let dev = Device::Cpu;
@@ -92,14 +95,16 @@ fn block_bench() -> Result<()> {
         let w2 = var((Tensor::randn(0f32, 1.0, (c, c, 3, 3), &dev)? * 0.05)?)?;
         let (g1, b1) = (var(Tensor::ones(c, candle_core::DType::F32, &dev)?)?, var(Tensor::zeros(c, candle_core::DType::F32, &dev)?)?);
         let (g2, b2) = (var(Tensor::ones(c, candle_core::DType::F32, &dev)?)?, var(Tensor::zeros(c, candle_core::DType::F32, &dev)?)?);
+        let (c1, c2) = (var(Tensor::zeros(c, candle_core::DType::F32, &dev)?)?, var(Tensor::zeros(c, candle_core::DType::F32, &dev)?)?);
+        let add_bias = |y: Tensor, b: &Var| y.broadcast_add(&b.reshape((1, c, 1, 1))?);
         let before = || -> Result<()> {
-            let h = silu(&group_norm(&x, 32, &g1, &b1, 1e-5)?)?.conv2d(&w1, 1, 1, 1, 1)?;
-            let h = silu(&group_norm(&h, 32, &g2, &b2, 1e-5)?)?.conv2d(&w2, 1, 1, 1, 1)?;
+            let h = add_bias(silu(&group_norm(&x, 32, &g1, &b1, 1e-5)?)?.conv2d(&w1, 1, 1, 1, 1)?, &c1)?;
+            let h = add_bias(silu(&group_norm(&h, 32, &g2, &b2, 1e-5)?)?.conv2d(&w2, 1, 1, 1, 1)?, &c2)?;
             (h + x.as_tensor())?.sqr()?.sum_all()?.backward().map(|_| ())
         };
         let after = || -> Result<()> {
-            let h = conv2d(&group_norm_silu(&x, 32, &g1, &b1, 1e-5)?, &w1, 1, 1)?;
-            let h = conv2d(&group_norm_silu(&h, 32, &g2, &b2, 1e-5)?, &w2, 1, 1)?;
+            let h = conv2d_bias(&group_norm_silu(&x, 32, &g1, &b1, 1e-5)?, &w1, Some(&c1), 1, 1)?;
+            let h = conv2d_bias(&group_norm_silu(&h, 32, &g2, &b2, 1e-5)?, &w2, Some(&c2), 1, 1)?;
             (h + x.as_tensor())?.sqr()?.sum_all()?.backward().map(|_| ())
         };
         let (tb, ta) = (median_ms(5, before)?, median_ms(5, after)?);

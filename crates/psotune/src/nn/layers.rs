@@ -62,11 +62,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = ops::conv2d(x, &self.weight, self.stride, self.padding)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
+        ops::conv2d_bias(x, &self.weight, self.bias.as_ref(), self.stride, self.padding)
     }
 }
 

@@ -20,11 +20,12 @@
 //! scheduling.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::cpu::gemm::{matmul, Mat};
 use super::cpu::im2col::{col2im_add, im2col, ConvGeom};
+use super::cpu::reduce::lane_sum;
 
 /// Column-buffer elements per image chunk (16 MiB in f32): a 128x128 latent
 /// with 320 channels would otherwise need 190 MB per image.
@@ -35,17 +36,39 @@ const COL_CHUNK_ELEMS: usize = 1 << 22;
 /// bias). f32 and f64 on the CPU use the kernels of this module, forward
 /// and backward; other dtypes and devices use candle's conv2d.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    conv2d_chunked(x, w, stride, padding, COL_CHUNK_ELEMS)
+    conv2d_chunked(x, w, None, stride, padding, COL_CHUNK_ELEMS)
 }
 
-/// [`conv2d`] with an explicit bound on column-buffer elements per chunk.
-fn conv2d_chunked(x: &Tensor, w: &Tensor, stride: usize, padding: usize, col_chunk: usize) -> Result<Tensor> {
+/// [`conv2d`] plus a per-channel `bias` [Cout] (`torch.nn.Conv2d`). The
+/// bias is added inside the op: a separate broadcast add (and its backward,
+/// a reduction over batch and positions) costs about half as much again as
+/// the convolution itself on the small UNet's shapes.
+pub fn conv2d_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    conv2d_chunked(x, w, bias, stride, padding, COL_CHUNK_ELEMS)
+}
+
+/// [`conv2d_bias`] with an explicit bound on column-buffer elements per chunk.
+fn conv2d_chunked(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize, col_chunk: usize) -> Result<Tensor> {
     let g = geometry(x, w, stride, padding)?;
-    let fast = x.device().is_cpu() && x.dtype() == w.dtype() && matches!(x.dtype(), DType::F32 | DType::F64);
-    if !fast {
-        return candle_conv2d(x, w, &g);
+    if let Some(b) = bias {
+        if b.dims() != [g.cout] {
+            candle_core::bail!("conv2d: bias {:?} does not match {} output channels", b.dims(), g.cout);
+        }
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { g, col_chunk })
+    let dt = x.dtype();
+    let fast = x.device().is_cpu() && w.dtype() == dt && bias.is_none_or(|b| b.dtype() == dt) && matches!(dt, DType::F32 | DType::F64);
+    if !fast {
+        let y = candle_conv2d(x, w, &g)?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, g.cout, 1, 1))?),
+            None => Ok(y),
+        };
+    }
+    let op = Conv2dOp { g, col_chunk };
+    match bias {
+        Some(b) => x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op),
+        None => x.contiguous()?.apply_op2(&w.contiguous()?, op),
+    }
 }
 
 fn geometry(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> Result<ConvGeom> {
@@ -121,8 +144,8 @@ impl CustomOp2 for Conv2dOp {
         let g = &self.g;
         let shape = Shape::from((g.batch, g.cout, g.ho, g.wo));
         let storage = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(forward(g, self.col_chunk, slice_of(s1, l1)?, slice_of(s2, l2)?)),
-            DType::F64 => CpuStorage::F64(forward(g, self.col_chunk, slice_of(s1, l1)?, slice_of(s2, l2)?)),
+            DType::F32 => CpuStorage::F32(forward(g, self.col_chunk, slice_of(s1, l1)?, slice_of(s2, l2)?, None)),
+            DType::F64 => CpuStorage::F64(forward(g, self.col_chunk, slice_of(s1, l1)?, slice_of(s2, l2)?, None)),
             d => candle_core::bail!("conv2d: no CPU kernel for {d:?}"),
         };
         Ok((storage, shape))
@@ -138,7 +161,49 @@ impl CustomOp2 for Conv2dOp {
     }
 }
 
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "psotune-conv2d-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let shape = Shape::from((g.batch, g.cout, g.ho, g.wo));
+        let storage = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(forward(g, self.col_chunk, slice_of(s1, l1)?, slice_of(s2, l2)?, Some(slice_of(s3, l3)?))),
+            DType::F64 => CpuStorage::F64(forward(g, self.col_chunk, slice_of(s1, l1)?, slice_of(s2, l2)?, Some(slice_of(s3, l3)?))),
+            d => candle_core::bail!("conv2d: no CPU kernel for {d:?}"),
+        };
+        Ok((storage, shape))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, gy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let ((gx, gw), gb) = match x.dtype() {
+            DType::F32 => (self.bwd_typed::<f32>(x, w, &gy)?, self.bias_grad::<f32>(b, &gy)?),
+            DType::F64 => (self.bwd_typed::<f64>(x, w, &gy)?, self.bias_grad::<f64>(b, &gy)?),
+            d => candle_core::bail!("conv2d: no CPU kernel for {d:?}"),
+        };
+        Ok((gx, gw, gb))
+    }
+}
+
 impl Conv2dOp {
+    /// d bias_c = sum of gy over images and positions of channel c.
+    fn bias_grad<T: WithDType>(&self, b: &Tensor, gy: &Tensor) -> Result<Option<Tensor>> {
+        if !b.track_op() {
+            return Ok(None);
+        }
+        let g = &self.g;
+        let n = g.n();
+        let sums = with_slice::<T, _>(gy, |gyd| {
+            Ok((0..g.cout)
+                .map(|c| T::from_f64((0..g.batch).map(|i| lane_sum(&gyd[(i * g.cout + c) * n..][..n], |v| v)).sum::<f64>()))
+                .collect::<Vec<T>>())
+        })?;
+        Ok(Some(Tensor::from_vec(sums, b.shape(), b.device())?))
+    }
+
     fn bwd_typed<T: WithDType>(&self, x: &Tensor, w: &Tensor, gy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
         let gx = if x.track_op() {
@@ -202,22 +267,30 @@ impl Plan {
     }
 }
 
-fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T]) -> Vec<T> {
+/// The convolution of all images, plus `bias` per output channel if given
+/// (written first, then accumulated onto by the products).
+fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
     let (k, n) = (g.k(), g.n());
     let plan = Plan::new(g, col_chunk);
     let mut y = vec![T::zero(); g.batch * g.cout * n];
     let wm = Mat::rows(w, g.cout, k, k);
     plan.each_image(&mut y, g.cout * n, |b, yb| {
         let xb = &x[b * g.in_len()..(b + 1) * g.in_len()];
+        if let Some(bias) = bias {
+            for (row, &v) in yb.chunks_mut(n).zip(bias) {
+                row.fill(v);
+            }
+        }
+        let acc = bias.is_some();
         if g.is_pointwise() {
-            matmul(yb, n, wm, Mat::rows(xb, k, n, n), false, plan.gemm_threads());
+            matmul(yb, n, wm, Mat::rows(xb, k, n, n), acc, plan.gemm_threads());
             return;
         }
         let mut col = vec![T::zero(); k * plan.rows * g.wo];
         for (r0, rows) in plan.chunks(g.ho) {
             let nc = rows * g.wo;
             im2col(g, xb, r0, rows, &mut col);
-            matmul(&mut yb[r0 * g.wo..], n, wm, Mat::rows(&col, k, nc, nc), false, plan.gemm_threads());
+            matmul(&mut yb[r0 * g.wo..], n, wm, Mat::rows(&col, k, nc, nc), acc, plan.gemm_threads());
         }
     });
     y

@@ -39,9 +39,12 @@ fn max_abs(a: &Tensor) -> f64 {
 fn conv2d_gradcheck_f64() {
     for (i, &c) in CASES.iter().enumerate() {
         let (x, w) = inputs(c, 10 * i as u64);
+        let b = det_tensor(&[c.4], 10 * i as u64 + 2);
         for chunk in [COL_CHUNK_ELEMS, 1] {
-            let worst = check(&[x.clone(), w.clone()], |t| project(&conv2d_chunked(&t[0], &t[1], c.6, c.7, chunk)?, 99)).unwrap();
+            let worst = check(&[x.clone(), w.clone()], |t| project(&conv2d_chunked(&t[0], &t[1], None, c.6, c.7, chunk)?, 99)).unwrap();
             assert!(worst < 1e-5, "case {c:?} chunk {chunk}: relative error {worst:e}");
+            let worst = check(&[x.clone(), w.clone(), b.clone()], |t| project(&conv2d_chunked(&t[0], &t[1], Some(&t[2]), c.6, c.7, chunk)?, 98)).unwrap();
+            assert!(worst < 1e-5, "case {c:?} chunk {chunk} with bias: relative error {worst:e}");
         }
     }
 }
@@ -52,20 +55,22 @@ fn conv2d_gradcheck_f64() {
 fn conv2d_matches_candle_f32() {
     for (i, &c) in CASES.iter().enumerate() {
         let (x, w) = inputs(c, 10 * i as u64 + 3);
-        let (x, w) = (Var::from_tensor(&x.to_dtype(DType::F32).unwrap()).unwrap(), Var::from_tensor(&w.to_dtype(DType::F32).unwrap()).unwrap());
+        let f32_var = |t: Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+        let (x, w, b) = (f32_var(x), f32_var(w), f32_var(det_tensor(&[c.4], 10 * i as u64 + 4)));
         let g = geometry(&x, &w, c.6, c.7).unwrap();
-        let reference = candle_conv2d(&x, &w, &g).unwrap();
+        let reference = candle_conv2d(&x, &w, &g).unwrap().broadcast_add(&b.reshape((1, c.4, 1, 1)).unwrap()).unwrap();
         let ref_grads = project(&reference, 5).unwrap().backward().unwrap();
         for chunk in [COL_CHUNK_ELEMS, 1] {
-            let y = conv2d_chunked(&x, &w, c.6, c.7, chunk).unwrap();
+            let y = conv2d_chunked(&x, &w, Some(&b), c.6, c.7, chunk).unwrap();
             assert_eq!(y.dims(), reference.dims(), "case {c:?}");
             let grads = project(&y, 5).unwrap().backward().unwrap();
             let pairs = [
                 (y.clone(), reference.clone()),
                 (grads.get(&x).unwrap().clone(), ref_grads.get(&x).unwrap().clone()),
                 (grads.get(&w).unwrap().clone(), ref_grads.get(&w).unwrap().clone()),
+                (grads.get(&b).unwrap().clone(), ref_grads.get(&b).unwrap().clone()),
             ];
-            for (name, (got, want)) in ["y", "dx", "dw"].iter().zip(pairs) {
+            for (name, (got, want)) in ["y", "dx", "dw", "db"].iter().zip(pairs) {
                 let d = max_abs_diff(&got, &want);
                 assert!(d <= 1e-5 * max_abs(&want).max(1.0), "case {c:?} chunk {chunk} {name}: diff {d:e}");
             }
@@ -79,7 +84,7 @@ fn conv2d_matches_candle_f32() {
 fn conv2d_frozen_weight() {
     let x = Var::from_tensor(&det_tensor(&[2, 3, 5, 5], 1)).unwrap();
     let w = det_tensor(&[4, 3, 3, 3], 2);
-    let grads = conv2d_chunked(&x, &w, 1, 1, COL_CHUNK_ELEMS).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = conv2d_chunked(&x, &w, None, 1, 1, COL_CHUNK_ELEMS).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(grads.get(&x).is_some());
     assert!(grads.get(&w).is_none());
 }
@@ -95,4 +100,9 @@ fn conv2d_layouts_and_fallback() {
     let half = super::conv2d(&x.to_dtype(DType::F16).unwrap(), &w.to_dtype(DType::F16).unwrap(), 1, 1).unwrap();
     assert!(max_abs_diff(&half.to_dtype(DType::F32).unwrap(), &want) < 2e-2);
     assert!(super::conv2d(&x, &det_tensor(&[4, 2, 3, 3], 1).to_dtype(DType::F32).unwrap(), 1, 1).is_err());
+    let bias = det_tensor(&[4], 9).to_dtype(DType::F32).unwrap();
+    let with_bias = super::conv2d_bias(&x, &w, Some(&bias), 1, 1).unwrap();
+    let half = super::conv2d_bias(&x.to_dtype(DType::F16).unwrap(), &w.to_dtype(DType::F16).unwrap(), Some(&bias.to_dtype(DType::F16).unwrap()), 1, 1).unwrap();
+    assert!(max_abs_diff(&half.to_dtype(DType::F32).unwrap(), &with_bias) < 2e-2);
+    assert!(super::conv2d_bias(&x, &w, Some(&det_tensor(&[3], 9).to_dtype(DType::F32).unwrap()), 1, 1).is_err());
 }

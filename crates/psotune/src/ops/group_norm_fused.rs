@@ -19,6 +19,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+use super::cpu::reduce::lane_sum;
 use super::{group_norm, silu};
 
 /// `torch.nn.functional.group_norm` over [B, C, ...] with affine weights.
@@ -103,25 +104,6 @@ impl Real for f64 {
     fn exp(self) -> Self {
         f64::exp(self)
     }
-}
-
-/// Sum of `f` over zipped elements, in 8 independent lanes of `T` (so the
-/// compiler can vectorise) flushed to f64 every 1024 elements (so long
-/// blocks lose no precision).
-fn lane_sum<T: Real>(xs: &[T], f: impl Fn(T) -> T) -> f64 {
-    let mut total = 0f64;
-    for chunk in xs.chunks(1024) {
-        let mut lanes = [T::zero(); 8];
-        let mut it = chunk.chunks_exact(8);
-        for c in &mut it {
-            for l in 0..8 {
-                lanes[l] += f(c[l]);
-            }
-        }
-        total += lanes.iter().map(|v| v.to_f64()).sum::<f64>();
-        total += it.remainder().iter().map(|&v| f(v).to_f64()).sum::<f64>();
-    }
-    total
 }
 
 /// (mean, 1 / sqrt(var + eps)) of one block, biased variance, two passes.

@@ -16,7 +16,7 @@ mod softmax;
 mod upsample;
 
 pub use activation::{gelu_erf, geglu, quick_gelu, silu};
-pub use conv::conv2d;
+pub use conv::{conv2d, conv2d_bias};
 pub use group_norm_fused::{group_norm_fused, group_norm_silu};
 pub use attention::{attention, attention_with_limit, ATTENTION_CHUNK_ELEMS};
 pub use norm::{group_norm, layer_norm};

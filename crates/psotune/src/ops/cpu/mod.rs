@@ -2,3 +2,4 @@
 
 pub mod gemm;
 pub mod im2col;
+pub mod reduce;
