@@ -20,12 +20,13 @@
 //! scheduling.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::cpu::gemm::{matmul, Mat};
 use super::cpu::im2col::{col2im_add, im2col, ConvGeom};
 use super::cpu::reduce::lane_sum;
+use super::cpu::with_slice;
 
 /// Column-buffer elements per image chunk (16 MiB in f32): a 128x128 latent
 /// with 320 channels would otherwise need 190 MB per image.
@@ -115,17 +116,6 @@ fn pad_exactly(x: &Tensor, dim: usize, pad: usize, unread: usize) -> Result<Tens
 struct Conv2dOp {
     g: ConvGeom,
     col_chunk: usize,
-}
-
-/// The contiguous data of a CPU tensor as a slice of `T`.
-fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("conv2d: expected a CPU tensor") };
-    let data = cpu.as_slice::<T>()?;
-    match layout.contiguous_offsets() {
-        Some((a, b)) => f(&data[a..b]),
-        None => candle_core::bail!("conv2d: expected a contiguous tensor"),
-    }
 }
 
 fn slice_of<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {

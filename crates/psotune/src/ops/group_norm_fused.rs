@@ -20,6 +20,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, W
 use rayon::prelude::*;
 
 use super::cpu::reduce::lane_sum;
+use super::cpu::with_slice;
 use super::{group_norm, silu};
 
 /// `torch.nn.functional.group_norm` over [B, C, ...] with affine weights.
@@ -230,8 +231,10 @@ impl GroupNormOp {
     }
 
     fn bwd_typed<T: Real>(&self, x: &Tensor, w: &Tensor, b: &Tensor, gy: &Tensor) -> Result<[Tensor; 3]> {
-        let vecs = |t: &Tensor| -> Result<Vec<T>> { t.flatten_all()?.to_vec1::<T>() };
-        let (dx, dg, db) = self.backward(&vecs(x)?, &vecs(w)?, &vecs(b)?, &vecs(gy)?);
+        let gy = gy.contiguous()?;
+        let (dx, dg, db) = with_slice::<T, _>(x, |xs| {
+            with_slice::<T, _>(w, |ws| with_slice::<T, _>(b, |bs| with_slice::<T, _>(&gy, |gs| Ok(self.backward(xs, ws, bs, gs)))))
+        })?;
         Ok([
             Tensor::from_vec(dx, x.shape(), x.device())?,
             Tensor::from_vec(dg, w.shape(), w.device())?,
