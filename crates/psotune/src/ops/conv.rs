@@ -279,7 +279,7 @@ fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T], bias:
         let mut col = vec![T::zero(); k * plan.rows * g.wo];
         for (r0, rows) in plan.chunks(g.ho) {
             let nc = rows * g.wo;
-            im2col(g, xb, r0, rows, &mut col);
+            im2col(g, xb, r0, rows, &mut col, !plan.per_image);
             matmul(&mut yb[r0 * g.wo..], n, wm, Mat::rows(&col, k, nc, nc), acc, plan.gemm_threads());
         }
     });
@@ -301,7 +301,7 @@ fn input_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, w: &[T], gy: &[T]) -
         for (r0, rows) in plan.chunks(g.ho) {
             let nc = rows * g.wo;
             matmul(&mut col, nc, wt, Mat::rows(&gyb[r0 * g.wo..], g.cout, nc, n), false, plan.gemm_threads());
-            col2im_add(g, &col, r0, rows, gxb);
+            col2im_add(g, &col, r0, rows, gxb, !plan.per_image);
         }
     });
     gx
@@ -322,7 +322,7 @@ fn weight_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], gy: &[T]) 
             }
             for (r0, rows) in plan.chunks(g.ho) {
                 let nc = rows * g.wo;
-                im2col(g, xb, r0, rows, &mut col);
+                im2col(g, xb, r0, rows, &mut col, !plan.per_image);
                 let gym = Mat::rows(&gyb[r0 * g.wo..], g.cout, nc, n);
                 matmul(acc, k, gym, Mat::transposed(&col, nc, k, nc), true, plan.gemm_threads());
             }

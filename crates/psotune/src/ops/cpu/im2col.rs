@@ -2,6 +2,7 @@
 //! of output rows so that the column buffer of a large image stays bounded.
 
 use candle_core::WithDType;
+use rayon::prelude::*;
 
 /// Shapes of one 2-D convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +60,17 @@ impl ConvGeom {
 
 /// Fills `col` ([k, rows * wo], row-major) with the windows of output rows
 /// `[r0, r0 + rows)` of one image `x` ([cin, h, w]).
-pub fn im2col<T: WithDType>(g: &ConvGeom, x: &[T], r0: usize, rows: usize, col: &mut [T]) {
+/// `parallel` spreads the input channels over rayon's threads (for a batch
+/// too small to give each thread its own image).
+pub fn im2col<T: WithDType>(g: &ConvGeom, x: &[T], r0: usize, rows: usize, col: &mut [T], parallel: bool) {
     let nc = rows * g.wo;
-    for c in 0..g.cin {
+    let per_channel = g.kh * g.kw * nc;
+    let col = &mut col[..g.cin * per_channel];
+    let channel = |c: usize, colc: &mut [T]| {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = &mut col[((c * g.kh + i) * g.kw + j) * nc..][..nc];
+                let row = &mut colc[(i * g.kw + j) * nc..][..nc];
                 let (lo, hi) = g.valid_cols(j);
                 for (t, oy) in (r0..r0 + rows).enumerate() {
                     let out = &mut row[t * g.wo..(t + 1) * g.wo];
@@ -90,15 +95,20 @@ pub fn im2col<T: WithDType>(g: &ConvGeom, x: &[T], r0: usize, rows: usize, col: 
                 }
             }
         }
+    };
+    if parallel {
+        col.par_chunks_mut(per_channel).enumerate().for_each(|(c, cc)| channel(c, cc));
+    } else {
+        col.chunks_mut(per_channel).enumerate().for_each(|(c, cc)| channel(c, cc));
     }
 }
 
 /// Adds the column gradients `col` ([k, rows * wo]) of output rows
 /// `[r0, r0 + rows)` back onto the image gradient `gx` ([cin, h, w]).
-pub fn col2im_add<T: WithDType>(g: &ConvGeom, col: &[T], r0: usize, rows: usize, gx: &mut [T]) {
+/// `parallel` as for [`im2col`]: each thread owns whole channels of `gx`.
+pub fn col2im_add<T: WithDType>(g: &ConvGeom, col: &[T], r0: usize, rows: usize, gx: &mut [T], parallel: bool) {
     let nc = rows * g.wo;
-    for c in 0..g.cin {
-        let gc = &mut gx[c * g.h * g.w..(c + 1) * g.h * g.w];
+    let channel = |c: usize, gc: &mut [T]| {
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let row = &col[((c * g.kh + i) * g.kw + j) * nc..][..nc];
@@ -123,5 +133,15 @@ pub fn col2im_add<T: WithDType>(g: &ConvGeom, col: &[T], r0: usize, rows: usize,
                 }
             }
         }
+    };
+    let plane = g.h * g.w;
+    if plane == 0 {
+        return;
+    }
+    let gx = &mut gx[..g.cin * plane];
+    if parallel {
+        gx.par_chunks_mut(plane).enumerate().for_each(|(c, gc)| channel(c, gc));
+    } else {
+        gx.chunks_mut(plane).enumerate().for_each(|(c, gc)| channel(c, gc));
     }
 }
