@@ -69,6 +69,11 @@ pub enum Error {
     #[error("image {path}: {msg}")]
     Image { path: PathBuf, msg: String },
 
+    /// A run directory or checkpoint that is incomplete, corrupt or belongs
+    /// to another run (train::RunDir, train::AdamW::load).
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+
     /// A caller passed arguments that cannot work (shapes, step counts, ...).
     #[error("{0}")]
     Invalid(String),

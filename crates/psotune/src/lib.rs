@@ -9,5 +9,6 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod pipeline;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,116 @@
+//! psotune-bench: the Rust side of `bench/compare` (issue 3). Each command
+//! runs one workload in this process and ends with a line
+//! `RESULT key=value ...` that bench/compare reads; tools/bench_pytorch.py
+//! runs the same work in PyTorch. Threads: RAYON_NUM_THREADS (candle's gemm
+//! and rayon both read it).
+
+mod lora_standin;
+mod workloads;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "psotune workloads for bench/compare")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Time an n^3 f32 matrix product (the machine's matmul peak).
+    Gemm {
+        #[arg(long, default_value_t = 2048)]
+        n: usize,
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+    },
+    /// Diffusion training steps of a diffusers UNet folder.
+    Train {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Latent side (32 = 256x256 images).
+        #[arg(long, default_value_t = 32)]
+        latent: usize,
+        /// 0 trains all weights; r > 0 trains only rank-r LoRA on the attention projections.
+        #[arg(long, default_value_t = 0)]
+        lora_rank: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
+    /// Full multi-step samples (Euler ancestral, SD-Turbo schedule).
+    Sample {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 32)]
+        latent: usize,
+        #[arg(long, default_value_t = 4)]
+        sample_steps: usize,
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+    },
+}
+
+/// VmHWM (RSS high-water mark) of this process in MiB.
+pub(crate) fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Gemm { n, reps } => {
+            let t = workloads::gemm(n, reps)?;
+            let ms = t.median();
+            let gflops = 2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9;
+            println!("RESULT workload=gemm ms={ms:.2} gflops={gflops:.1}");
+        }
+        Cmd::Train { model, batch, latent, lora_rank, steps, warmup } => {
+            let args = workloads::TrainArgs { model: &model, batch, latent, lora_rank, steps, warmup };
+            let (t, n_train) = workloads::train(&args)?;
+            let peak = peak_rss_mb();
+            println!(
+                "RESULT workload=train ms={:.1} peak_mb={peak:.0} load_peak_mb={:.0} trainable={n_train}",
+                t.median(),
+                t.load_peak_mb
+            );
+        }
+        Cmd::Sample { model, batch, latent, sample_steps, steps, warmup } => {
+            let args = workloads::SampleArgs { model: &model, batch, latent, sample_steps, steps, warmup };
+            let t = workloads::sample(&args)?;
+            let (ms, peak) = (t.median(), peak_rss_mb());
+            let ips = batch as f64 / (ms * 1e-3);
+            println!(
+                "RESULT workload=sample ms={ms:.1} peak_mb={peak:.0} load_peak_mb={:.0} images_per_s={ips:.3} ms_per_image={:.1}",
+                t.load_peak_mb,
+                ms / batch as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("psotune-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
