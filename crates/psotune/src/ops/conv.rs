@@ -13,6 +13,10 @@
 //! with K = Cin kh kw and N = Ho Wo. A 1x1 kernel with stride 1 and no
 //! padding skips im2col: x_b is its own column matrix.
 //!
+//! The products call the `gemm` crate directly: candle's CPU matmul runs the
+//! same kernels, but going through tensors would allocate one per image
+//! chunk, and the direct call writes a strided window of y in place.
+//!
 //! Threads: with at least as many images as rayon threads each image runs
 //! on one thread (small per-image products do not split well); otherwise
 //! gemm splits each product. Weight gradients are summed per fixed group of
