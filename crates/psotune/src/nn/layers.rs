@@ -87,37 +87,7 @@ impl Conv2d {
 
 impl ConvKernel for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, kh, kw) = self.weight.dims4()?;
-        let (_, _, h, w) = x.dims4()?;
-        let (p, s) = (self.padding, self.stride);
-        // Rows (columns) at the end of the padded input that no window reads.
-        let unread = |n: usize, k: usize| (n + 2 * p).checked_sub(k).map(|m| m % s.max(1));
-        let y = match (unread(h, kh), unread(w, kw)) {
-            // candle 0.11's conv2d backward passes one output padding,
-            // computed from the height, to conv_transpose2d for both spatial
-            // dims, and fails with a shape mismatch when they differ (stride 2
-            // on a latent with one odd side). Padding explicitly so that no
-            // row or column goes unread makes both zero; same output.
-            (Some(rh), Some(rw)) if rh != rw => {
-                let x = pad_exactly(&pad_exactly(x, 2, p, rh)?, 3, p, rw)?;
-                x.conv2d(&self.weight, 0, s, 1, 1)?
-            }
-            _ => x.conv2d(&self.weight, p, s, 1, 1)?,
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
-            None => Ok(y),
-        }
-    }
-}
-
-/// Zero-pads `dim` by `pad` on both sides, less the `unread` trailing entries
-/// a strided kernel would not reach (padding first, then input).
-fn pad_exactly(x: &Tensor, dim: usize, pad: usize, unread: usize) -> Result<Tensor> {
-    if unread <= pad {
-        x.pad_with_zeros(dim, pad, pad - unread)
-    } else {
-        x.narrow(dim, 0, x.dim(dim)? - (unread - pad))?.pad_with_zeros(dim, pad, 0)
+        ops::conv2d_bias(x, &self.weight, self.bias.as_ref(), self.stride, self.padding)
     }
 }
 
@@ -138,7 +108,7 @@ impl GroupNorm {
 
 impl Module for GroupNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::group_norm(x, self.num_groups, &self.weight, &self.bias, self.eps)
+        ops::group_norm_fused(x, self.num_groups, &self.weight, &self.bias, self.eps)
     }
 }
 

@@ -8,11 +8,16 @@
 
 mod activation;
 mod attention;
+mod conv;
+mod cpu;
+mod group_norm_fused;
 mod norm;
 mod softmax;
 mod upsample;
 
 pub use activation::{gelu_erf, geglu, quick_gelu, silu};
+pub use conv::{conv2d, conv2d_bias};
+pub use group_norm_fused::{group_norm_fused, group_norm_silu};
 pub use attention::{attention, attention_with_limit, ATTENTION_CHUNK_ELEMS};
 pub use norm::{group_norm, layer_norm};
 pub use softmax::softmax_last_dim;
