@@ -29,7 +29,7 @@ import torch
 BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 TEXT_LEN = 77
 # torch.optim.AdamW defaults except lr; the Rust side passes the same numbers to
-# candle_nn::AdamW.
+# psotune::train::AdamW.
 ADAMW = dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 
 # `small`: block_out_channels 32/64/64, two cross-attention down blocks and a

@@ -4,7 +4,6 @@
 //! runs the same work in PyTorch. Threads: RAYON_NUM_THREADS (candle's gemm
 //! and rayon both read it).
 
-mod lora_standin;
 mod workloads;
 
 use std::path::PathBuf;

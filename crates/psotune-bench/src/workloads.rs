@@ -5,19 +5,17 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use psotune::diffusion::{EulerAncestral, NoiseRng, NoiseSchedule, Sampler, SchedulerConfig, Timesteps};
 use psotune::models::unet::{UNet2DConditionModel, UNetConfig};
-use psotune::nn::Weights;
+use psotune::nn::{apply_lora, LoraConfig, LoraInit, LoraTargets, TargetPreset, Weights};
+use psotune::train::{AdamW, AdamWConfig, Grads};
 use rand::{Rng, SeedableRng};
-
-use crate::lora_standin::MergedLora;
 
 const TEXT_LEN: usize = 77;
 
 /// torch.optim.AdamW's defaults except lr, as in tools/bench_pytorch.py.
-fn adamw_params() -> ParamsAdamW {
-    ParamsAdamW { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+fn adamw_config() -> AdamWConfig {
+    AdamWConfig { lr: 1e-4, ..AdamWConfig::default() }
 }
 
 pub struct Timing {
@@ -81,15 +79,19 @@ pub fn train(a: &TrainArgs) -> Result<(Timing, usize)> {
     let full = a.lora_rank == 0;
     let (mut unet, weights) = load_unet(a.model, full, &dev)?;
     let load_peak_mb = crate::peak_rss_mb();
-    let lora = if full { None } else { Some(MergedLora::new(&mut unet, a.lora_rank, &dev)?) };
-    let vars: Vec<Var> = match &lora {
-        Some(l) => l.vars(),
-        None => weights.vars().into_iter().map(|(_, v)| v).collect(),
+    // LoRA as tools/bench_pytorch.py's peft config: rank r, lora_alpha = r
+    // (scale 1), gaussian init, on to_q/to_k/to_v/to_out.0 of every attention.
+    let params: Vec<(String, Var)> = if full {
+        weights.vars()
+    } else {
+        let mut cfg = LoraConfig::new(a.lora_rank, a.lora_rank as f64, LoraTargets::preset(TargetPreset::Attn));
+        cfg.init = LoraInit::Gaussian;
+        apply_lora(&mut unet, &cfg)?.vars()
     };
     drop(weights); // the Vars hold the tensors; the loader's copy is not needed
-    let n_train: usize = vars.iter().map(|v| v.elem_count()).sum();
+    let n_train: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
     println!("  trainable parameters: {:.3} M", n_train as f64 / 1e6);
-    let mut opt = AdamW::new(vars, adamw_params())?;
+    let mut opt = AdamW::new(params.clone(), adamw_config())?;
 
     let schedule = NoiseSchedule::from_config(&SchedulerConfig::sd_turbo())?;
     let n_t = schedule.num_train_timesteps();
@@ -101,16 +103,14 @@ pub fn train(a: &TrainArgs) -> Result<(Timing, usize)> {
     let mut trng = rand::rngs::StdRng::seed_from_u64(0);
 
     let timing = timed(a.steps, a.warmup, || {
-        if let Some(l) = &lora {
-            l.apply(&mut unet)?;
-        }
         let noise = rng.randn((b, c, s, s), DType::F32, &dev)?;
         let t: Vec<f64> = (0..b).map(|_| trng.random_range(0..n_t) as f64).collect();
         let noisy = schedule.add_noise(&x0, &noise, &t)?;
         let tt = Tensor::from_vec(t.iter().map(|v| *v as f32).collect::<Vec<_>>(), b, &dev)?;
         let pred = unet.forward(&noisy, &tt, &ctx, None)?;
         let loss = (pred - &noise)?.sqr()?.mean_all()?;
-        opt.backward_step(&loss)?;
+        let store = loss.backward()?;
+        opt.step(&Grads::from_store(&store, &params))?;
         Ok(())
     })?;
     Ok((Timing { load_peak_mb, ..timing }, n_train))
