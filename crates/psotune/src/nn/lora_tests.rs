@@ -4,24 +4,10 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::*;
-use crate::models::unet::testing::{random_weights, weights};
-use crate::models::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
+use crate::models::unet::testing::{random_weights, tiny_config, weights};
+use crate::models::unet::{AddedCond, UNet2DConditionModel};
 use crate::nn::modules::layer_paths;
 use crate::ops::gradcheck::det_tensor;
-
-pub(crate) fn tiny_config(sdxl: bool, linear_proj: bool) -> UNetConfig {
-    let extra = if sdxl {
-        r#", "addition_embed_type": "text_time", "addition_time_embed_dim": 2, "projection_class_embeddings_input_dim": 15"#
-    } else {
-        ""
-    };
-    let json = format!(
-        r#"{{"block_out_channels": [4, 8], "layers_per_block": 1, "attention_head_dim": [2, 2],
-        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-        "cross_attention_dim": 5, "norm_num_groups": 2, "use_linear_projection": {linear_proj}{extra}}}"#
-    );
-    UNetConfig::from_json(&json, "tiny.json").unwrap()
-}
 
 pub(crate) fn tiny_unet(sdxl: bool, linear_proj: bool) -> UNet2DConditionModel {
     let cfg = tiny_config(sdxl, linear_proj);

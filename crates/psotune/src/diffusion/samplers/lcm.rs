@@ -10,7 +10,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{Sampler, Transition};
+use super::{renoise_std, Sampler, Transition};
 use crate::diffusion::config::SchedulerConfig;
 use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::NoiseSchedule;
@@ -88,10 +88,7 @@ impl Sampler for Lcm {
     }
 
     fn std(&self, i: usize) -> f64 {
-        match self.alpha_bars.get(i + 1) {
-            Some(ab_next) => (1.0 - ab_next).sqrt(),
-            None => 0.0,
-        }
+        renoise_std(&self.alpha_bars, i)
     }
 
     fn transition(&self, i: usize, x: &Tensor, model_out: &Tensor) -> Result<Transition> {

@@ -91,6 +91,13 @@ pub trait Sampler: Send + Sync {
     }
 }
 
+/// Standard deviation of a denoise-then-re-noise step (DMD2, LCM): fresh
+/// noise at the next timestep's level, sqrt(1 - alpha_bar_next); the last
+/// step returns the clean estimate and is deterministic.
+pub(crate) fn renoise_std(alpha_bars: &[f64], i: usize) -> f64 {
+    alpha_bars.get(i + 1).map_or(0.0, |ab_next| (1.0 - ab_next).sqrt())
+}
+
 /// log N(x; mean, std^2 I) per sample (dim 0), averaged over the other dims,
 /// without the constant -log(std) - log(2 pi)/2: it does not depend on the
 /// network and cancels in PSO's theta/pre ratios (pso.md section 3b).

@@ -252,17 +252,7 @@ mod tests {
     use crate::ops::gradcheck::{check, det_tensor, project};
 
     fn tiny_config(sdxl: bool) -> UNetConfig {
-        let extra = if sdxl {
-            r#", "addition_embed_type": "text_time", "addition_time_embed_dim": 2, "projection_class_embeddings_input_dim": 15"#
-        } else {
-            ""
-        };
-        let json = format!(
-            r#"{{"block_out_channels": [4, 8], "layers_per_block": 1, "attention_head_dim": [2, 2],
-            "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
-            "cross_attention_dim": 5, "norm_num_groups": 2, "use_linear_projection": true{extra}}}"#
-        );
-        UNetConfig::from_json(&json, "tiny.json").unwrap()
+        crate::models::unet::testing::tiny_config(sdxl, true)
     }
 
     /// Gradients w.r.t. the latent through the whole UNet, on a 3x3 latent so
