@@ -69,6 +69,11 @@ pub enum Error {
     #[error("image {path}: {msg}")]
     Image { path: PathBuf, msg: String },
 
+    /// A dataset entry that cannot be used: the file (and line, for
+    /// manifests such as `metadata.jsonl`) and what is wrong with it.
+    #[error("{}: {msg}", fmt_at(.path, *.line))]
+    Data { path: PathBuf, line: Option<usize>, msg: String },
+
     /// A run directory or checkpoint that is incomplete, corrupt or belongs
     /// to another run (train::RunDir, train::AdamW::load).
     #[error("checkpoint {path}: {msg}")]
@@ -89,12 +94,22 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+fn fmt_at(path: &std::path::Path, line: Option<usize>) -> String {
+    match line {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }
     pub fn config(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Config { path: path.into(), msg: msg.into() }
+    }
+    pub fn data(path: impl Into<PathBuf>, line: Option<usize>, msg: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), line, msg: msg.into() }
     }
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())

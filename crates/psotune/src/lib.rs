@@ -3,6 +3,7 @@
 //! diffusers-compatible model stack, the diffusion math and the pipelines;
 //! the `psotune` binary is a thin layer over it.
 
+pub mod data;
 pub mod diffusion;
 pub mod export;
 pub mod error;

@@ -1,0 +1,7 @@
+//! Datasets. Every reader checks its whole input up front (files exist,
+//! captions present, sizes right) and reports the file and line of the first
+//! problem, so that bad data fails before any expensive work starts.
+
+mod image_folder;
+
+pub use image_folder::{load_image_batch, ImageFolder, ImageItem, METADATA_FILE};
