@@ -57,3 +57,13 @@ cargo build --release --quiet --manifest-path "$ROOT/tools/emoji-data/Cargo.toml
   --noto "$CACHE/emoji-datasource-google-16.0.0" \
   --openmoji "$CACHE/openmoji-17.0.0" \
   --out "$OUT" "${EXTRA[@]}"
+
+# OpenAI's CLIP BPE merges, shipped inside the instant-clip-tokenizer crate
+# (a dependency of emoji-data only for this): the emoji model's tokenizer is
+# cut from it (crates/emoji-world, stage `tokenizer`).
+BPE_DIR="$(cargo metadata --format-version 1 --manifest-path "$ROOT/tools/emoji-data/Cargo.toml" \
+  | grep -o '"manifest_path":"[^"]*instant-clip-tokenizer-0\.1\.0/Cargo\.toml"' | head -1 \
+  | sed -e 's/^"manifest_path":"//' -e 's|/Cargo\.toml"$||')"
+[[ -f "$BPE_DIR/bpe_simple_vocab_16e6.txt" ]] || { echo "CLIP BPE file not found in the instant-clip-tokenizer crate" >&2; exit 1; }
+cp "$BPE_DIR/bpe_simple_vocab_16e6.txt" "$OUT/clip-bpe.txt"
+echo "CLIP BPE merges: $OUT/clip-bpe.txt"

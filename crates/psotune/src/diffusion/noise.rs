@@ -54,6 +54,19 @@ impl NoiseRng {
     }
 }
 
+impl NoiseRng {
+    /// A uniform draw in [0, 1) from the same stream (timesteps, dropout,
+    /// shuffles), so that one saved state resumes all of them.
+    pub fn uniform(&mut self) -> f64 {
+        rand::Rng::random::<f64>(&mut self.rng)
+    }
+
+    /// A uniform index in 0..n (n > 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        rand::Rng::random_range(&mut self.rng, 0..n.max(1))
+    }
+}
+
 /// One-off seeded noise: `NoiseRng::new(seed).randn(shape, dtype, device)`.
 pub fn randn(shape: impl Into<Shape>, seed: u64, dtype: DType, device: &Device) -> Result<Tensor> {
     NoiseRng::new(seed).randn(shape, dtype, device)

@@ -7,6 +7,7 @@ mod config;
 mod text_model;
 mod tokenizer;
 
+pub use bpe::bytes_to_unicode;
 pub use config::{ClipActivation, ClipTextConfig};
 pub use text_model::{
     ClipAttention, ClipEncoder, ClipEncoderLayer, ClipMlp, ClipTextEmbeddings, ClipTextModel, ClipTextOutput, ClipTextTransformer,
