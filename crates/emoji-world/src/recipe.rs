@@ -98,7 +98,7 @@ pub struct DistillRecipe {
 impl Default for DistillRecipe {
     fn default() -> Self {
         DistillRecipe {
-            steps: 3000,
+            steps: 2000,
             batch: 32,
             lr: 1e-4,
             warmup: 100,
