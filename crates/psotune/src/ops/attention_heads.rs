@@ -112,7 +112,7 @@ fn softmax_rows<T: Real>(s: &mut [T], m: usize, scale: T) {
     for row in s.chunks_mut(m) {
         let mut max = T::from_f64(f64::NEG_INFINITY);
         for v in row.iter_mut() {
-            *v = *v * scale;
+            *v *= scale;
             if *v > max {
                 max = *v;
             }
@@ -123,7 +123,7 @@ fn softmax_rows<T: Real>(s: &mut [T], m: usize, scale: T) {
             sum += *v;
         }
         for v in row.iter_mut() {
-            *v = *v / sum;
+            *v /= sum;
         }
     }
 }
@@ -136,7 +136,7 @@ impl HeadsOp {
     }
 
     /// P for query rows `r0..r0 + rl` of head `h` of one image into `p`.
-    fn probs<T: Real>(&self, qb: &[T], kb: &[T], h: usize, r0: usize, rl: usize, p: &mut [T], threads: usize) {
+    fn probs<T: Real>(&self, qb: &[T], kb: &[T], h: usize, (r0, rl): (usize, usize), p: &mut [T], threads: usize) {
         let g = &self.g;
         let hd = g.heads * g.d;
         let qm = Mat::rows(&qb[r0 * hd + h * g.d..], rl, g.d, hd);
@@ -155,7 +155,7 @@ impl HeadsOp {
             let mut p = vec![T::zero(); self.rows * g.m];
             for h in 0..g.heads {
                 for (r0, rl) in self.chunks() {
-                    self.probs(qb, kb, h, r0, rl, &mut p, threads);
+                    self.probs(qb, kb, h, (r0, rl), &mut p, threads);
                     let vm = Mat::rows(&vb[h * g.dv..], g.m, g.dv, hdv);
                     matmul(&mut ob[r0 * hdv + h * g.dv..], hdv, Mat::rows(&p, rl, g.m, g.m), vm, false, threads);
                 }
@@ -185,7 +185,7 @@ impl HeadsOp {
             let mut ds = vec![T::zero(); self.rows * g.m];
             for h in 0..g.heads {
                 for (r0, rl) in self.chunks() {
-                    self.probs(qb, kb, h, r0, rl, &mut p, threads);
+                    self.probs(qb, kb, h, (r0, rl), &mut p, threads);
                     let gom = Mat::rows(&gob[r0 * hdv + h * g.dv..], rl, g.dv, hdv);
                     // dV_h += P^T dO
                     matmul(&mut dvb[h * g.dv..], hdv, Mat::transposed(&p, g.m, rl, g.m), gom, true, threads);
