@@ -22,6 +22,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    psotune::threads::init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sample(args) => sample::run(args),

@@ -11,6 +11,7 @@ pub mod models;
 pub mod nn;
 pub mod ops;
 pub mod pipeline;
+pub mod threads;
 pub mod train;
 
 pub use error::{Error, Result};

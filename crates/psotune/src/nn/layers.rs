@@ -50,7 +50,7 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = matmul_last(x, &self.weight)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => ops::bias_add_last(&y, b)?,
             None => y,
         };
         // Switched off, the adapter is skipped entirely: the output is the

@@ -162,12 +162,25 @@ impl Weights {
 }
 
 /// Load all tensors of a safetensors file on the CPU, keeping their dtype.
+///
+/// The file is memory-mapped and each tensor copied out of the map, whose
+/// pages are released right after: only the tensors stay resident. Reading
+/// the whole file into a buffer first held file and tensors at once (6.6 GB
+/// after loading SD 2.1's 3.5 GB UNet); the map's own pages count towards
+/// the process's resident size too until they are dropped.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: a read-only private mapping used only inside this call; as
+    // with every mmap-based safetensors reader, a file truncated by another
+    // process while it is read would fault.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::Safetensors { path: path.to_path_buf(), msg };
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| bad(e.to_string()))?;
+    let mut views = st.tensors();
+    // File order, so the pages released behind each tensor are not needed again.
+    views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
     let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
+    for (name, view) in views {
         let dtype = match view.dtype() {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
@@ -180,9 +193,20 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         };
         let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
             .map_err(|e| bad(format!("tensor {name}: {e}")))?;
+        release(&map, view.data());
         out.insert(name.to_string(), t);
     }
     Ok(out)
+}
+
+/// Drops the mapped pages of `data` (a slice of `map`) from this process's
+/// resident set; the page cache keeps them, a later read faults them back.
+fn release(map: &memmap2::Mmap, data: &[u8]) {
+    let offset = data.as_ptr() as usize - map.as_ptr() as usize;
+    // SAFETY: MADV_DONTNEED on a read-only file mapping discards nothing
+    // that cannot be re-read from the file. Failure only keeps pages
+    // resident, so it is ignored.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len()) };
 }
 
 /// Write tensors to a safetensors file (written to a temporary name, then renamed).

@@ -48,9 +48,9 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     x.silu()
 }
 
-/// GEGLU's gating (diffusers `GEGLU` after its projection): the projection
-/// output is split in half on the last dim, `hidden * gelu(gate)`.
-pub fn geglu(projected: &Tensor) -> Result<Tensor> {
+/// GEGLU's gating from differentiable primitives: the path of dtypes and
+/// devices without a fused kernel (see `geglu_fused`).
+pub fn geglu_composed(projected: &Tensor) -> Result<Tensor> {
     let n = projected.dim(D::Minus1)?;
     if n % 2 != 0 {
         candle_core::bail!("geglu needs an even last dimension, got {n}");

@@ -36,6 +36,12 @@ use super::cpu::with_slice;
 /// with 320 channels would otherwise need 190 MB per image.
 const COL_CHUNK_ELEMS: usize = 1 << 22;
 
+/// Images smaller than this many output positions are packed side by side
+/// into one column matrix of up to this width, so that each product has
+/// enough columns: the emoji UNet's 8x8 / 4x4 / 2x2 maps gave per-image
+/// products 64, 16 and 4 columns wide, where gemm runs far below its peak.
+const GROUP_COLS: usize = 512;
+
 /// `torch.nn.functional.conv2d(x, w, stride=stride, padding=padding)` for
 /// x [B, Cin, H, W] and w [Cout, Cin, kh, kw] (groups 1, dilation 1, no
 /// bias). f32 and f64 on the CPU use the kernels of this module, forward
@@ -219,18 +225,30 @@ impl Conv2dOp {
 /// How the work is split: `per_image` when images run on separate threads
 /// (gemm then single-threaded), else gemm gets all `threads`.
 struct Plan {
+    /// Units (images, or groups of `group` images) run on separate threads.
     per_image: bool,
     threads: usize,
     /// Output rows per im2col chunk.
     rows: usize,
+    /// Images per product (> 1 only for small images that fit one chunk).
+    group: usize,
 }
 
 impl Plan {
     fn new(g: &ConvGeom, col_chunk: usize) -> Self {
         let threads = rayon::current_num_threads().max(1);
-        let per_image = g.batch >= threads && threads > 1;
         let rows = if g.is_pointwise() { g.ho } else { (col_chunk / (g.k() * g.wo).max(1)).clamp(1, g.ho.max(1)) };
-        Self { per_image, threads, rows }
+        let n = g.n().max(1);
+        let group = if rows == g.ho && n < GROUP_COLS {
+            // Wide enough products, within the column bound, and still at
+            // least one group per thread.
+            let col_fit = col_chunk / (g.k() * n).max(1);
+            (GROUP_COLS / n).min(col_fit).min(g.batch.div_ceil(threads)).max(1)
+        } else {
+            1
+        };
+        let per_image = g.batch.div_ceil(group) >= threads && threads > 1;
+        Self { per_image, threads, rows, group }
     }
 
     fn gemm_threads(&self) -> usize {
@@ -266,6 +284,9 @@ impl Plan {
 fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
     let (k, n) = (g.k(), g.n());
     let plan = Plan::new(g, col_chunk);
+    if plan.group > 1 {
+        return forward_grouped(g, &plan, x, w, bias);
+    }
     let mut y = vec![T::zero(); g.batch * g.cout * n];
     let wm = Mat::rows(w, g.cout, k, k);
     plan.each_image(&mut y, g.cout * n, |b, yb| {
@@ -283,7 +304,7 @@ fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T], bias:
         let mut col = vec![T::zero(); k * plan.rows * g.wo];
         for (r0, rows) in plan.chunks(g.ho) {
             let nc = rows * g.wo;
-            im2col(g, xb, r0, rows, &mut col, !plan.per_image);
+            im2col(g, xb, r0, rows, &mut col, nc, !plan.per_image);
             matmul(&mut yb[r0 * g.wo..], n, wm, Mat::rows(&col, k, nc, nc), acc, plan.gemm_threads());
         }
     });
@@ -293,6 +314,9 @@ fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T], bias:
 fn input_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, w: &[T], gy: &[T]) -> Vec<T> {
     let (k, n) = (g.k(), g.n());
     let plan = Plan::new(g, col_chunk);
+    if plan.group > 1 {
+        return input_grad_grouped(g, &plan, w, gy);
+    }
     let mut gx = vec![T::zero(); g.batch * g.in_len()];
     let wt = Mat::transposed(w, k, g.cout, k);
     plan.each_image(&mut gx, g.in_len(), |b, gxb| {
@@ -305,7 +329,7 @@ fn input_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, w: &[T], gy: &[T]) -
         for (r0, rows) in plan.chunks(g.ho) {
             let nc = rows * g.wo;
             matmul(&mut col, nc, wt, Mat::rows(&gyb[r0 * g.wo..], g.cout, nc, n), false, plan.gemm_threads());
-            col2im_add(g, &col, r0, rows, gxb, !plan.per_image);
+            col2im_add(g, &col, r0, rows, nc, gxb, !plan.per_image);
         }
     });
     gx
@@ -316,6 +340,10 @@ fn weight_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], gy: &[T]) 
     let plan = Plan::new(g, col_chunk);
     // Adds the contributions of images `range` to `acc` ([Cout, K]).
     let add_images = |range: std::ops::Range<usize>, acc: &mut [T]| {
+        if plan.group > 1 {
+            add_weight_grad_grouped(g, &plan, x, gy, range, acc);
+            return;
+        }
         let mut col = if g.is_pointwise() { Vec::new() } else { vec![T::zero(); k * plan.rows * g.wo] };
         for b in range {
             let xb = &x[b * g.in_len()..(b + 1) * g.in_len()];
@@ -326,7 +354,7 @@ fn weight_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], gy: &[T]) 
             }
             for (r0, rows) in plan.chunks(g.ho) {
                 let nc = rows * g.wo;
-                im2col(g, xb, r0, rows, &mut col, !plan.per_image);
+                im2col(g, xb, r0, rows, &mut col, nc, !plan.per_image);
                 let gym = Mat::rows(&gyb[r0 * g.wo..], g.cout, nc, n);
                 matmul(acc, k, gym, Mat::transposed(&col, nc, k, nc), true, plan.gemm_threads());
             }
@@ -357,6 +385,104 @@ fn weight_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], gy: &[T]) 
         }
     }
     acc
+}
+
+/// Packs `imgs` images of `rows` x `n` (consecutive in `src`) side by side
+/// into `dst` ([rows, imgs * n]).
+fn gather<T: WithDType>(src: &[T], imgs: usize, rows: usize, n: usize, dst: &mut [T]) {
+    let cols = imgs * n;
+    for i in 0..imgs {
+        for r in 0..rows {
+            dst[r * cols + i * n..][..n].copy_from_slice(&src[(i * rows + r) * n..][..n]);
+        }
+    }
+}
+
+/// The inverse of [`gather`].
+fn scatter<T: WithDType>(src: &[T], imgs: usize, rows: usize, n: usize, dst: &mut [T]) {
+    let cols = imgs * n;
+    for i in 0..imgs {
+        for r in 0..rows {
+            dst[(i * rows + r) * n..][..n].copy_from_slice(&src[r * cols + i * n..][..n]);
+        }
+    }
+}
+
+/// The column matrix [K, imgs * n] of images `b0..b0 + imgs`, side by side.
+fn group_columns<T: WithDType>(g: &ConvGeom, x: &[T], b0: usize, imgs: usize) -> Vec<T> {
+    let (k, n) = (g.k(), g.n());
+    let cols = imgs * n;
+    let mut col = vec![T::zero(); k * cols];
+    let xs = &x[b0 * g.in_len()..(b0 + imgs) * g.in_len()];
+    if g.is_pointwise() {
+        gather(xs, imgs, g.cin, n, &mut col);
+    } else {
+        for i in 0..imgs {
+            im2col(g, &xs[i * g.in_len()..][..g.in_len()], 0, g.ho, &mut col[i * n..], cols, false);
+        }
+    }
+    col
+}
+
+/// [`forward`] for small images, `plan.group` per product: y = W col, then
+/// scattered back to NCHW.
+fn forward_grouped<T: WithDType>(g: &ConvGeom, plan: &Plan, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let (k, n) = (g.k(), g.n());
+    let mut y = vec![T::zero(); g.batch * g.cout * n];
+    let wm = Mat::rows(w, g.cout, k, k);
+    let unit = g.cout * n;
+    plan.each_image(&mut y, plan.group * unit, |u, yu| {
+        let imgs = yu.len() / unit;
+        let cols = imgs * n;
+        let col = group_columns(g, x, u * plan.group, imgs);
+        let mut out = vec![T::zero(); g.cout * cols];
+        if let Some(bias) = bias {
+            for (row, &v) in out.chunks_mut(cols).zip(bias) {
+                row.fill(v);
+            }
+        }
+        matmul(&mut out, cols, wm, Mat::rows(&col, k, cols, cols), bias.is_some(), plan.gemm_threads());
+        scatter(&out, imgs, g.cout, n, yu);
+    });
+    y
+}
+
+/// [`input_grad`] for small images: col = W^T gy over a group, then col2im
+/// (or a scatter, for pointwise kernels) per image.
+fn input_grad_grouped<T: WithDType>(g: &ConvGeom, plan: &Plan, w: &[T], gy: &[T]) -> Vec<T> {
+    let (k, n) = (g.k(), g.n());
+    let mut gx = vec![T::zero(); g.batch * g.in_len()];
+    let wt = Mat::transposed(w, k, g.cout, k);
+    plan.each_image(&mut gx, plan.group * g.in_len(), |u, gxu| {
+        let imgs = gxu.len() / g.in_len().max(1);
+        let (b0, cols) = (u * plan.group, imgs * n);
+        let mut gyg = vec![T::zero(); g.cout * cols];
+        gather(&gy[b0 * g.cout * n..(b0 + imgs) * g.cout * n], imgs, g.cout, n, &mut gyg);
+        let mut col = vec![T::zero(); k * cols];
+        matmul(&mut col, cols, wt, Mat::rows(&gyg, g.cout, cols, cols), false, plan.gemm_threads());
+        if g.is_pointwise() {
+            scatter(&col, imgs, g.cin, n, gxu);
+            return;
+        }
+        for i in 0..imgs {
+            col2im_add(g, &col[i * n..], 0, g.ho, cols, &mut gxu[i * g.in_len()..][..g.in_len()], false);
+        }
+    });
+    gx
+}
+
+/// Adds the weight gradient of images `range` to `acc` ([Cout, K]),
+/// `plan.group` images per product: acc += gy col^T.
+fn add_weight_grad_grouped<T: WithDType>(g: &ConvGeom, plan: &Plan, x: &[T], gy: &[T], range: std::ops::Range<usize>, acc: &mut [T]) {
+    let (k, n) = (g.k(), g.n());
+    for b0 in range.clone().step_by(plan.group) {
+        let imgs = plan.group.min(range.end - b0);
+        let cols = imgs * n;
+        let col = group_columns(g, x, b0, imgs);
+        let mut gyg = vec![T::zero(); g.cout * cols];
+        gather(&gy[b0 * g.cout * n..(b0 + imgs) * g.cout * n], imgs, g.cout, n, &mut gyg);
+        matmul(acc, k, Mat::rows(&gyg, g.cout, cols, cols), Mat::transposed(&col, cols, k, cols), true, plan.gemm_threads());
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ const CASES: &[Case] = &[
     (3, 4, 4, 5, 3, 1, 1, 0), // pointwise
     (2, 4, 5, 5, 3, 1, 2, 0),
     (2, 3, 4, 4, 2, 2, 1, 1),
+    // Many small images: packed several per product (uneven last group).
+    (7, 3, 3, 4, 2, 3, 1, 1),
+    (9, 4, 2, 2, 3, 1, 1, 0),
+    (5, 2, 4, 3, 3, 3, 2, 1),
 ];
 
 fn inputs(c: Case, seed: u64) -> (Tensor, Tensor) {

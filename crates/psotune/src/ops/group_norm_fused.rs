@@ -16,9 +16,10 @@
 //! is at least as accurate as the composed version's f32 sums.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cpu::real::{sigmoid, Real};
 use super::cpu::reduce::lane_sum;
 use super::cpu::with_slice;
 use super::{group_norm, silu};
@@ -89,24 +90,6 @@ fn slice_of<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     }
 }
 
-/// The float types the kernel runs in; element math stays in the input's
-/// precision, only sums are widened.
-pub trait Real: WithDType {
-    fn exp(self) -> Self;
-}
-
-impl Real for f32 {
-    fn exp(self) -> Self {
-        f32::exp(self)
-    }
-}
-
-impl Real for f64 {
-    fn exp(self) -> Self {
-        f64::exp(self)
-    }
-}
-
 /// (mean, 1 / sqrt(var + eps)) of one block, biased variance, two passes.
 fn stats<T: Real>(xs: &[T], eps: f64) -> (T, T) {
     let n = xs.len().max(1) as f64;
@@ -114,10 +97,6 @@ fn stats<T: Real>(xs: &[T], eps: f64) -> (T, T) {
     let m = T::from_f64(mean);
     let var = lane_sum(xs, |v| (v - m) * (v - m)) / n;
     (m, T::from_f64(1.0 / (var + eps).sqrt()))
-}
-
-fn sigmoid<T: Real>(v: T) -> T {
-    T::one() / (T::one() + (T::zero() - v).exp())
 }
 
 impl GroupNormOp {

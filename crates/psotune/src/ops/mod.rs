@@ -8,18 +8,27 @@
 
 mod activation;
 mod attention;
+mod attention_heads;
+mod bias;
 mod conv;
-mod cpu;
+/// Slice helpers of the CPU kernels, shared with the optimizer's in-place update.
+pub(crate) mod cpu;
+mod geglu_fused;
 mod group_norm_fused;
+mod layer_norm_fused;
 mod norm;
 mod softmax;
 mod upsample;
 
-pub use activation::{gelu_erf, geglu, quick_gelu, silu};
+pub use activation::{gelu_erf, quick_gelu, silu};
+pub use bias::bias_add_last;
 pub use conv::{conv2d, conv2d_bias};
 pub use group_norm_fused::{group_norm_fused, group_norm_silu};
 pub use attention::{attention, attention_with_limit, ATTENTION_CHUNK_ELEMS};
-pub use norm::{group_norm, layer_norm};
+pub use attention_heads::{attention_heads, attention_heads_with_limit};
+pub use geglu_fused::geglu;
+pub use layer_norm_fused::layer_norm;
+pub use norm::group_norm;
 pub use softmax::softmax_last_dim;
 pub use upsample::{upsample_nearest2x, upsample_nearest_to};
 

@@ -16,8 +16,9 @@ fn normalize_last_dim(x: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// `torch.nn.functional.layer_norm` over the last dimension, then scale and
-/// shift (weights of the last dimension's size).
-pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+/// shift, from differentiable primitives: the path of dtypes and devices
+/// without a fused kernel (see `layer_norm_fused`).
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     let ct = compute_dtype(x.dtype());
     let out = normalize_last_dim(&x.to_dtype(ct)?, eps)?.broadcast_mul(&weight.to_dtype(ct)?)?;
     let out = match bias {

@@ -22,6 +22,7 @@
 //! }
 //! ```
 
+mod adamw_kernel;
 mod checkpoint;
 mod grads;
 mod optim;

@@ -23,6 +23,7 @@ use std::path::Path;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::adamw_kernel;
 use super::grads::Grads;
 use super::tensors_io::{read_tensors_with_metadata, write_tensors_with_metadata};
 use crate::error::{Error, Result};
@@ -125,7 +126,6 @@ impl AdamW {
                 return Err(Error::invalid(format!("AdamW: gradient of {name} has shape {:?}, parameter {p:?}", g.dims())));
             }
         }
-        let AdamWConfig { beta1, beta2, eps, weight_decay, .. } = self.config;
         let lr = self.lr;
         for (name, var) in &self.params {
             let Some(g) = grads.get(name) else { continue };
@@ -136,20 +136,13 @@ impl AdamW {
                 None => ParamState { step: 0, exp_avg: p.zeros_like()?, exp_avg_sq: p.zeros_like()? },
             };
             let step = st.step + 1;
-            // Decay first, from the parameter before this step's update.
-            let mut p_new = if weight_decay != 0.0 { p.affine(1.0 - lr * weight_decay, 0.0)? } else { p.clone() };
-            // torch's lerp with weight < 0.5: m + w * (g - m).
-            let exp_avg = (&st.exp_avg + (&g - &st.exp_avg)?.affine(1.0 - beta1, 0.0)?)?;
-            let exp_avg_sq = (st.exp_avg_sq.affine(beta2, 0.0)? + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
-            // Bias corrections in f64 as torch does with its Python-float step.
-            let bias_correction1 = 1.0 - beta1.powf(step as f64);
-            let bias_correction2_sqrt = (1.0 - beta2.powf(step as f64)).sqrt();
-            let step_size = lr / bias_correction1;
-            // Divide (not multiply by the reciprocal) as torch does.
-            let bc2 = Tensor::new(bias_correction2_sqrt, p.device())?.to_dtype(p.dtype())?;
-            let denom = exp_avg_sq.sqrt()?.broadcast_div(&bc2)?.affine(1.0, eps)?;
-            p_new = (p_new - (exp_avg.div(&denom)?.affine(step_size, 0.0))?)?;
-            var.set(&p_new)?;
+            let h = Hyper::new(lr, self.config, step);
+            let (exp_avg, exp_avg_sq) = if adamw_kernel::applies(p, &g, &st.exp_avg, &st.exp_avg_sq) {
+                adamw_kernel::update(p, &g, &st.exp_avg, &st.exp_avg_sq, &h)?;
+                (st.exp_avg, st.exp_avg_sq)
+            } else {
+                update_composed(var, &g, &st, &h)?
+            };
             self.state.insert(name.clone(), ParamState { step, exp_avg, exp_avg_sq });
         }
         Ok(())
@@ -216,5 +209,91 @@ impl AdamW {
         }
         self.state = state;
         Ok(())
+    }
+}
+
+/// The scalars of one update of one parameter.
+pub(crate) struct Hyper {
+    /// 1 - lr weight_decay (1 when there is no decay).
+    pub decay: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// lr / (1 - beta1^step).
+    pub step_size: f64,
+    /// sqrt(1 - beta2^step).
+    pub bias_correction2_sqrt: f64,
+}
+
+impl Hyper {
+    fn new(lr: f64, c: AdamWConfig, step: u64) -> Self {
+        // Bias corrections in f64 as torch does with its Python-float step.
+        let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
+        Hyper {
+            decay: 1.0 - lr * c.weight_decay,
+            weight_decay: c.weight_decay,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            step_size: lr / bias_correction1,
+            bias_correction2_sqrt: (1.0 - c.beta2.powf(step as f64)).sqrt(),
+        }
+    }
+}
+
+/// The update from tensor ops (other dtypes and devices); sets the
+/// parameter and returns the new moments. `adamw_kernel` computes the same
+/// expressions in the same order, in place.
+fn update_composed(var: &Var, g: &Tensor, st: &ParamState, h: &Hyper) -> Result<(Tensor, Tensor)> {
+    let p = var.as_tensor();
+    // Decay first, from the parameter before this step's update.
+    let mut p_new = if h.weight_decay != 0.0 { p.affine(h.decay, 0.0)? } else { p.clone() };
+    // torch's lerp with weight < 0.5: m + w * (g - m).
+    let exp_avg = (&st.exp_avg + (g - &st.exp_avg)?.affine(1.0 - h.beta1, 0.0)?)?;
+    let exp_avg_sq = (st.exp_avg_sq.affine(h.beta2, 0.0)? + g.sqr()?.affine(1.0 - h.beta2, 0.0)?)?;
+    // Divide (not multiply by the reciprocal) as torch does.
+    let bc2 = Tensor::new(h.bias_correction2_sqrt, p.device())?.to_dtype(p.dtype())?;
+    let denom = exp_avg_sq.sqrt()?.broadcast_div(&bc2)?.affine(1.0, h.eps)?;
+    p_new = (p_new - (exp_avg.div(&denom)?.affine(h.step_size, 0.0))?)?;
+    var.set(&p_new)?;
+    Ok((exp_avg, exp_avg_sq))
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use candle_core::{DType, Tensor, Var};
+
+    use super::{adamw_kernel, update_composed, AdamWConfig, Hyper, ParamState};
+    use crate::ops::gradcheck::det_tensor;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+    }
+
+    /// The in-place kernel and the tensor-op update give the same bits over
+    /// several steps, with and without weight decay, including gradients of
+    /// mixed sign and zeros.
+    #[test]
+    fn in_place_kernel_is_bit_identical_to_tensor_ops() {
+        for wd in [0.0, 0.05] {
+            let cfg = AdamWConfig { lr: 3e-3, beta1: 0.85, beta2: 0.99, eps: 1e-6, weight_decay: wd };
+            let init = det_tensor(&[37, 5], 1).to_dtype(DType::F32).unwrap();
+            let var = Var::from_tensor(&init).unwrap();
+            let p = init.copy().unwrap();
+            let mut st = ParamState { step: 0, exp_avg: p.zeros_like().unwrap(), exp_avg_sq: p.zeros_like().unwrap() };
+            let (m, v) = (p.zeros_like().unwrap(), p.zeros_like().unwrap());
+            for step in 1..=4u64 {
+                let g = (det_tensor(&[37, 5], 10 + step).to_dtype(DType::F32).unwrap() * (step as f64)).unwrap().relu().unwrap();
+                let h = Hyper::new(cfg.lr * step as f64, cfg, step);
+                assert!(adamw_kernel::applies(&p, &g, &m, &v));
+                adamw_kernel::update(&p, &g, &m, &v, &h).unwrap();
+                let (ea, es) = update_composed(&var, &g, &st, &h).unwrap();
+                st = ParamState { step, exp_avg: ea, exp_avg_sq: es };
+                assert_eq!(bits(&p), bits(var.as_tensor()), "parameter, wd {wd}, step {step}");
+                assert_eq!(bits(&m), bits(&st.exp_avg), "exp_avg, step {step}");
+                assert_eq!(bits(&v), bits(&st.exp_avg_sq), "exp_avg_sq, step {step}");
+            }
+        }
     }
 }

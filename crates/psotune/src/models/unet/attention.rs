@@ -43,27 +43,19 @@ impl Attention {
 
     /// [B, N, C] x optional context [B, M, Cc] -> [B, N, C].
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
         let ctx = context.unwrap_or(x);
         let q = self.to_q.forward(x)?;
         let k = self.to_k.forward(ctx)?;
         let v = self.to_v.forward(ctx)?;
-        let inner = q.dim(2)?;
-        let d = inner / self.heads;
-        // [B, L, H*D] -> [B*H, L, D]
-        let split = |t: &Tensor| -> Result<Tensor> {
-            let l = t.dim(1)?;
-            t.reshape((b, l, self.heads, d))?.transpose(1, 2)?.contiguous()?.reshape((b * self.heads, l, d))
-        };
-        let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
+        // Heads are read in place from the [B, L, H*D] projections (no
+        // split / merge copies); f16 / bf16 upcast as diffusers does.
         let dtype = q.dtype();
         let out = if self.upcast && matches!(dtype, DType::F16 | DType::BF16) {
             let f = |t: &Tensor| t.to_dtype(DType::F32);
-            ops::attention(&f(&q)?, &f(&k)?, &f(&v)?, self.scale)?.to_dtype(dtype)?
+            ops::attention_heads(&f(&q)?, &f(&k)?, &f(&v)?, self.heads, self.scale)?.to_dtype(dtype)?
         } else {
-            ops::attention(&q, &k, &v, self.scale)?
+            ops::attention_heads(&q, &k, &v, self.heads, self.scale)?
         };
-        let out = out.reshape((b, self.heads, n, d))?.transpose(1, 2)?.reshape((b, n, inner))?;
         self.to_out.forward(&out)
     }
 }

@@ -58,19 +58,19 @@ impl ConvGeom {
     }
 }
 
-/// Fills `col` ([k, rows * wo], row-major) with the windows of output rows
-/// `[r0, r0 + rows)` of one image `x` ([cin, h, w]).
+/// Fills `col` ([k, rows * wo] with row stride `ld` >= rows * wo,
+/// row-major) with the windows of output rows `[r0, r0 + rows)` of one
+/// image `x` ([cin, h, w]); a larger `ld` packs several images side by side.
 /// `parallel` spreads the input channels over rayon's threads (for a batch
 /// too small to give each thread its own image).
-pub fn im2col<T: WithDType>(g: &ConvGeom, x: &[T], r0: usize, rows: usize, col: &mut [T], parallel: bool) {
+pub fn im2col<T: WithDType>(g: &ConvGeom, x: &[T], r0: usize, rows: usize, col: &mut [T], ld: usize, parallel: bool) {
     let nc = rows * g.wo;
-    let per_channel = g.kh * g.kw * nc;
-    let col = &mut col[..g.cin * per_channel];
+    let per_channel = g.kh * g.kw * ld;
     let channel = |c: usize, colc: &mut [T]| {
         let xc = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = &mut colc[(i * g.kw + j) * nc..][..nc];
+                let row = &mut colc[(i * g.kw + j) * ld..][..nc];
                 let (lo, hi) = g.valid_cols(j);
                 for (t, oy) in (r0..r0 + rows).enumerate() {
                     let out = &mut row[t * g.wo..(t + 1) * g.wo];
@@ -96,22 +96,25 @@ pub fn im2col<T: WithDType>(g: &ConvGeom, x: &[T], r0: usize, rows: usize, col: 
             }
         }
     };
-    if parallel {
-        col.par_chunks_mut(per_channel).enumerate().for_each(|(c, cc)| channel(c, cc));
+    if parallel && ld == nc {
+        col[..g.cin * per_channel].par_chunks_mut(per_channel).enumerate().for_each(|(c, cc)| channel(c, cc));
     } else {
-        col.chunks_mut(per_channel).enumerate().for_each(|(c, cc)| channel(c, cc));
+        for c in 0..g.cin {
+            channel(c, &mut col[c * per_channel..]);
+        }
     }
 }
 
-/// Adds the column gradients `col` ([k, rows * wo]) of output rows
-/// `[r0, r0 + rows)` back onto the image gradient `gx` ([cin, h, w]).
-/// `parallel` as for [`im2col`]: each thread owns whole channels of `gx`.
-pub fn col2im_add<T: WithDType>(g: &ConvGeom, col: &[T], r0: usize, rows: usize, gx: &mut [T], parallel: bool) {
+/// Adds the column gradients `col` ([k, rows * wo], row stride `ld`) of
+/// output rows `[r0, r0 + rows)` back onto the image gradient `gx`
+/// ([cin, h, w]). `parallel` as for [`im2col`]: each thread owns whole
+/// channels of `gx`.
+pub fn col2im_add<T: WithDType>(g: &ConvGeom, col: &[T], r0: usize, rows: usize, ld: usize, gx: &mut [T], parallel: bool) {
     let nc = rows * g.wo;
     let channel = |c: usize, gc: &mut [T]| {
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = &col[((c * g.kh + i) * g.kw + j) * nc..][..nc];
+                let row = &col[((c * g.kh + i) * g.kw + j) * ld..][..nc];
                 let (lo, hi) = g.valid_cols(j);
                 if hi <= lo {
                     continue;

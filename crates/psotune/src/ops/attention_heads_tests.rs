@@ -1,0 +1,51 @@
+use candle_core::{DType, Tensor};
+
+use super::{attention_heads_with_limit, composed, HeadsGeom};
+use crate::ops::gradcheck::{check, det_tensor as det, project};
+
+/// (q, k, v) for `b` images, `n` queries, `m` keys, 2 heads of width 3
+/// (values of width 2, to keep D and Dv apart).
+fn qkv(b: usize, n: usize, m: usize) -> [Tensor; 3] {
+    [(det(&[b, n, 6], 1) * 2.0).unwrap(), (det(&[b, m, 6], 2) * 2.0).unwrap(), det(&[b, m, 4], 3)]
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+#[test]
+fn heads_kernel_matches_split_attention() {
+    for (b, n, m) in [(1, 5, 4), (3, 7, 2), (2, 1, 9)] {
+        let [q, k, v] = qkv(b, n, m);
+        let g = HeadsGeom { b, n, m, heads: 2, d: 3, dv: 2 };
+        let want = composed(&q, &k, &v, &g, 0.4, 1 << 20).unwrap();
+        // Limits: everything at once, 2 rows per chunk, one row per chunk.
+        for limit in [1 << 20, 2 * m, 1] {
+            let got = attention_heads_with_limit(&q, &k, &v, 2, 0.4, limit).unwrap();
+            assert_eq!(got.dims(), [b, n, 4]);
+            assert!(max_diff(&got, &want) < 1e-12, "b={b} n={n} m={m} limit={limit}: {}", max_diff(&got, &want));
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let got32 = attention_heads_with_limit(&f(&q), &f(&k), &f(&v), 2, 0.4, limit).unwrap();
+            assert!(max_diff(&got32.to_dtype(DType::F64).unwrap(), &want) < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn heads_kernel_gradients() {
+    // One image (products split over threads) and three (one per thread),
+    // whole score matrices and one query row per chunk.
+    for (b, limit) in [(1, 1 << 20), (3, 1 << 20), (3, 1), (1, 8)] {
+        let worst = check(&qkv(b, 3, 4), |t| project(&attention_heads_with_limit(&t[0], &t[1], &t[2], 2, 0.7, limit)?, 5)).unwrap();
+        assert!(worst < 1e-5, "b={b} limit={limit}: worst relative gradient error {worst:e}");
+    }
+}
+
+#[test]
+fn heads_kernel_rejects_bad_shapes() {
+    let [q, k, v] = qkv(2, 3, 4);
+    assert!(attention_heads_with_limit(&q, &k, &v, 4, 1.0, 64).is_err());
+    assert!(attention_heads_with_limit(&q, &k.narrow(0, 0, 1).unwrap(), &v, 2, 1.0, 64).is_err());
+    assert!(attention_heads_with_limit(&q, &k, &v.narrow(1, 0, 3).unwrap(), 2, 1.0, 64).is_err());
+    assert!(attention_heads_with_limit(&q, &k, &v, 0, 1.0, 64).is_err());
+}

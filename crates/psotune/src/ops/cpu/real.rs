@@ -1,0 +1,62 @@
+//! The float types the CPU kernels run in (f32, f64): element math stays in
+//! the input's precision; only long sums are widened (see `reduce`).
+
+use candle_core::{CpuStorage, WithDType};
+
+pub trait Real: WithDType {
+    fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
+    /// libm's erf, the function candle's `gelu_erf` kernel calls, so fused
+    /// GELU forwards equal candle's bit for bit.
+    fn erf(self) -> Self;
+    const FRAC_1_SQRT_2: Self;
+    /// 1 / sqrt(2 pi): the normal density's constant.
+    const FRAC_1_SQRT_2PI: Self;
+    /// The storage's data, when it holds this type.
+    fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
+}
+
+impl Real for f32 {
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    fn erf(self) -> Self {
+        candle_core::cpu::erf::erf_f32(self)
+    }
+    fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v.as_mut_slice()),
+            _ => None,
+        }
+    }
+    const FRAC_1_SQRT_2: Self = std::f32::consts::FRAC_1_SQRT_2;
+    const FRAC_1_SQRT_2PI: Self = 0.398_942_3;
+}
+
+impl Real for f64 {
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    fn erf(self) -> Self {
+        candle_core::cpu::erf::erf_f64(self)
+    }
+    fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v.as_mut_slice()),
+            _ => None,
+        }
+    }
+    const FRAC_1_SQRT_2: Self = std::f64::consts::FRAC_1_SQRT_2;
+    const FRAC_1_SQRT_2PI: Self = 0.398_942_280_401_432_7;
+}
+
+/// The logistic function.
+pub fn sigmoid<T: Real>(v: T) -> T {
+    T::one() / (T::one() + (T::zero() - v).exp())
+}

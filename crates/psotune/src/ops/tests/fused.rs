@@ -1,0 +1,91 @@
+//! The fused CPU kernels (layer norm, GEGLU, bias add) against their
+//! composed versions, and their gradients by finite differences, on shapes
+//! larger than a parallel task so the task split and reduction are covered.
+
+use candle_core::{DType, Tensor, Var};
+
+use super::{assert_grads, max_diff};
+use crate::ops::activation::geglu_composed;
+use crate::ops::gradcheck::{det_tensor as det, project};
+use crate::ops::norm::layer_norm_composed;
+use crate::ops::{bias_add_last, geglu, layer_norm};
+
+fn f32(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::F32).unwrap()
+}
+
+#[test]
+fn fused_layer_norm_matches_composed() {
+    // 3000 rows of 24: several parallel tasks of the fused kernel.
+    let (x, w, b) = (det(&[3, 1000, 24], 1).affine(3.0, 0.5).unwrap(), det(&[24], 2), det(&[24], 3));
+    for dt in [DType::F64, DType::F32] {
+        let c = |t: &Tensor| t.to_dtype(dt).unwrap();
+        let fused = layer_norm(&c(&x), &c(&w), Some(&c(&b)), 1e-5).unwrap();
+        let composed = layer_norm_composed(&c(&x), &c(&w), Some(&c(&b)), 1e-5).unwrap();
+        let tol = if dt == DType::F64 { 1e-12 } else { 1e-5 };
+        assert!(max_diff(&fused, &composed) < tol, "{dt:?}: {}", max_diff(&fused, &composed));
+        let no_bias = layer_norm(&c(&x), &c(&w), None, 1e-5).unwrap();
+        let want = layer_norm_composed(&c(&x), &c(&w), None, 1e-5).unwrap();
+        assert!(max_diff(&no_bias, &want) < tol);
+    }
+}
+
+/// Gradients of `project(f(inputs))` for each input, by candle's backward.
+fn grads_of(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>) -> Vec<Tensor> {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let store = project(&f(&ts).unwrap(), 99).unwrap().backward().unwrap();
+    vars.iter().map(|v| store.get(v.as_tensor()).unwrap().clone()).collect()
+}
+
+/// The fused and composed backward agree on shapes of many parallel tasks.
+fn assert_same_grads(inputs: &[Tensor], fused: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>, composed: impl Fn(&[Tensor]) -> candle_core::Result<Tensor>) {
+    for (i, (a, b)) in grads_of(inputs, fused).iter().zip(grads_of(inputs, composed)).enumerate() {
+        let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap().max(1.0);
+        assert!(max_diff(a, &b) < 1e-11 * scale, "input {i}: {}", max_diff(a, &b));
+    }
+}
+
+#[test]
+fn fused_layer_norm_gradients() {
+    let (x, w, b) = ((det(&[2, 3, 5], 4) * 2.0).unwrap(), det(&[5], 5), det(&[5], 6));
+    assert_grads(&[x, w, b], |t| layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5));
+    // 4000 rows of 24 (14 parallel tasks, partial sums of dgamma / dbeta).
+    let big = [(det(&[4, 1000, 24], 7) * 2.0).unwrap(), det(&[24], 8), det(&[24], 9)];
+    assert_same_grads(&big, |t| layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5), |t| layer_norm_composed(&t[0], &t[1], Some(&t[2]), 1e-5));
+}
+
+#[test]
+fn fused_geglu_forward_equals_composed_bit_for_bit() {
+    let p = (det(&[4, 300, 40], 10) * 3.0).unwrap();
+    for t in [p.clone(), f32(&p)] {
+        let (a, b) = (geglu(&t).unwrap(), geglu_composed(&t).unwrap());
+        assert_eq!(a.dims(), [4, 300, 20]);
+        assert_eq!(max_diff(&a, &b), 0.0);
+    }
+}
+
+#[test]
+fn fused_geglu_gradient_through_non_contiguous_input() {
+    // A transposed input is made contiguous before the kernel.
+    let p = (det(&[6, 4, 3], 11) * 3.0).unwrap();
+    assert_grads(&[p], |t| geglu(&t[0].transpose(1, 2)?));
+}
+
+#[test]
+fn fused_geglu_backward_matches_composed_on_many_rows() {
+    let p = [(det(&[4, 500, 48], 16) * 3.0).unwrap()];
+    assert_same_grads(&p, |t| geglu(&t[0]), |t| geglu_composed(&t[0]));
+}
+
+#[test]
+fn bias_add_matches_broadcast_add_and_has_gradients() {
+    let (y, b) = (det(&[3, 2000, 7], 12), det(&[7], 13));
+    let out = bias_add_last(&y, &b).unwrap();
+    assert_eq!(max_diff(&out, &y.broadcast_add(&b).unwrap()), 0.0);
+    assert_grads(&[det(&[2, 5, 4], 14), det(&[4], 15)], |t| bias_add_last(&t[0], &t[1]));
+    // 6000 rows of 16: several tasks in the column sums.
+    let big = [det(&[6, 1000, 16], 17), det(&[16], 18)];
+    assert_same_grads(&big, |t| bias_add_last(&t[0], &t[1]), |t| t[0].broadcast_add(&t[1]));
+    assert!(bias_add_last(&y, &det(&[6], 1)).is_err());
+}
