@@ -1,6 +1,6 @@
 //! The evaluator's building blocks: a pre-activation residual block (He et
 //! al. 2016, "Identity mappings in deep residual networks") with GroupNorm
-//! + SiLU, as diffusers' `ResnetBlock2D` without the time embedding, but
+//! and SiLU, as diffusers' `ResnetBlock2D` without the time embedding, but
 //! able to halve the resolution with a stride-2 first convolution.
 
 use candle_core::{Module, Result, Tensor};

@@ -52,7 +52,7 @@ impl EvaluatorConfig {
             return Err(format!("block_channels entry {c} is not a positive multiple of norm_num_groups {}", self.norm_num_groups));
         }
         let downsamples = self.block_channels.len() - 1;
-        if self.image_size == 0 || self.image_size % (1 << downsamples) != 0 {
+        if self.image_size == 0 || !self.image_size.is_multiple_of(1 << downsamples) {
             return Err(format!("image_size {} is not divisible by 2^{downsamples} (one halving per level after the first)", self.image_size));
         }
         for (what, names) in [("styles", &self.styles), ("categories", &self.categories)] {

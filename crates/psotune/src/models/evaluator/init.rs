@@ -20,8 +20,11 @@ use super::model::Evaluator;
 use crate::diffusion::NoiseRng;
 use crate::error::Result;
 
+/// (checkpoint name, shape) of each parameter, in the order asked for.
+type ShapeList = Vec<(String, Vec<usize>)>;
+
 #[derive(Default)]
-struct Recorder(Arc<Mutex<Vec<(String, Vec<usize>)>>>);
+struct Recorder(Arc<Mutex<ShapeList>>);
 
 impl candle_nn::var_builder::SimpleBackend for Recorder {
     fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -39,7 +42,7 @@ impl candle_nn::var_builder::SimpleBackend for Recorder {
 }
 
 /// Every parameter of the model `config` describes: (checkpoint name, shape).
-pub fn parameter_shapes(config: &EvaluatorConfig) -> Result<Vec<(String, Vec<usize>)>> {
+pub fn parameter_shapes(config: &EvaluatorConfig) -> Result<ShapeList> {
     let list = Arc::new(Mutex::new(Vec::new()));
     let backend: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(Recorder(list.clone()));
     Evaluator::new(VarBuilder::from_backend(backend, DType::F32, Device::Cpu), config)?;

@@ -90,6 +90,13 @@ fn forward_shapes_and_parameter_names() {
     let scores = model.style_scores(&x, "b").unwrap();
     assert!(scores.iter().all(|s| (s - 1.0 / 3.0).abs() < 1e-6), "{scores:?}");
     assert!(model.style_scores(&x, "zz").unwrap_err().to_string().contains("a, b, c"));
+    let probs = model.category_probs(&x).unwrap();
+    assert_eq!(probs.dims(), &[5, 2]);
+    let sums = probs.sum(1).unwrap().to_vec1::<f32>().unwrap();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
+    // Equal logits: arg-max is class 0 for every row.
+    assert_eq!(model.category_accuracy(&x, &[0, 0, 0, 1, 1]).unwrap(), 0.6);
+    assert!(model.category_accuracy(&x, &[0]).unwrap_err().to_string().contains("1 targets"));
     let wrong = Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
     assert!(model.features(&wrong).unwrap_err().to_string().contains("[N, 3, 8, 8]"));
     // Same seed, same weights.

@@ -65,9 +65,11 @@ pub struct EvaluatorTrainConfig {
     pub image_size: usize,
     /// Class order of the style head; every training image's `style` must be one.
     pub styles: Vec<String>,
-    /// Architecture, see [`EvaluatorConfig`].
+    /// Channels per resolution level ([`EvaluatorConfig::block_channels`]).
     pub block_channels: Vec<usize>,
+    /// Residual blocks per level ([`EvaluatorConfig::layers_per_block`]).
     pub layers_per_block: usize,
+    /// GroupNorm groups ([`EvaluatorConfig::norm_num_groups`]).
     pub norm_num_groups: usize,
 }
 
@@ -204,6 +206,8 @@ pub(crate) fn train_until(
     let total_steps = steps_per_epoch * cfg.epochs;
     let schedule = LrSchedule::cosine(cfg.warmup_steps, total_steps);
 
+    // The run directory's `config.toml` holds this JSON text: RunDir only
+    // hashes and compares it, and the evaluator's configs are JSON.
     let run_config = serde_json::json!({ "train": cfg, "model": model_cfg, "train_images": train.len() });
     let run_config = serde_json::to_string_pretty(&run_config).map_err(|source| Error::Json { path: run_dir.into(), source })?;
     let run = RunDir::open(run_dir, &run_config)?.keep_last(2);
@@ -267,7 +271,7 @@ pub(crate) fn train_until(
         progress.loss_steps += 1;
 
         // 4. log
-        if step % cfg.log_every.max(1) == 0 {
+        if step.is_multiple_of(cfg.log_every.max(1)) {
             let rate = (step - log_start.1) as f64 / log_start.0.elapsed().as_secs_f64();
             eprintln!(
                 "evaluator: step {step}/{total_steps} epoch {} loss {loss_value:.4} lr {:.2e} ({rate:.2} steps/s)",
@@ -278,7 +282,7 @@ pub(crate) fn train_until(
         }
 
         // 5. epoch end / checkpoint
-        if step % steps_per_epoch == 0 {
+        if step.is_multiple_of(steps_per_epoch) {
             let ((style_acc, cat_acc), _) = validate(&model, &val, &cfg.styles)?;
             let record = EpochRecord {
                 epoch: epoch + 1,
@@ -296,7 +300,7 @@ pub(crate) fn train_until(
             progress.loss_steps = 0;
             save(step, &opt, &progress)?;
             epoch_start = Instant::now();
-        } else if step % cfg.checkpoint_every.max(1) == 0 {
+        } else if step.is_multiple_of(cfg.checkpoint_every.max(1)) {
             save(step, &opt, &progress)?;
         }
     }
