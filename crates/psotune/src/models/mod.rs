@@ -4,5 +4,6 @@
 
 pub mod blocks;
 pub mod clip;
+pub mod evaluator;
 pub mod unet;
 pub mod vae;
