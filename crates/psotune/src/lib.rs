@@ -9,8 +9,10 @@ pub mod export;
 pub mod error;
 pub mod models;
 pub mod nn;
+pub mod objectives;
 pub mod ops;
 pub mod pipeline;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};
