@@ -125,7 +125,11 @@ pub fn sampled_references(pipe: &Pipeline, prompts: &[String], run_dir: &Path, s
         let req = SampleRequest { prompts: chunk.to_vec(), seed: splitmix(seed ^ splitmix(step)).wrapping_add(c as u64), ..Default::default() };
         let out = pipe.sample(&req)?;
         for i in 0..chunk.len() {
-            latents.push(out.latents.get(i)?.to_dtype(DType::F32)?);
+            // Detached: the samples were made by the trained network, and a
+            // reference must be data, not a path for gradients back through
+            // the whole sampling chain (which a resumed run, reading them
+            // from the file, would not have).
+            latents.push(out.latents.get(i)?.to_dtype(DType::F32)?.detach());
             images.push(out.images.get(i)?);
         }
     }
