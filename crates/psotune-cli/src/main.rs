@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate images from a diffusers model folder.
-    Sample(sample::SampleArgs),
+    Sample(Box<sample::SampleArgs>),
     /// Fine-tune a model from a TOML run config (PSO, pso-hinge, diffusion-dpo, sft).
     Tune(tune::TuneArgs),
     /// Export a run's checkpoint as a LoRA file (diffusers, kohya) or a merged UNet.
@@ -29,7 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sample(args) => sample::run(args),
+        Command::Sample(args) => sample::run(*args),
         Command::Tune(args) => tune::run(args),
         Command::Export(args) => tune::export(args),
     };

@@ -171,6 +171,20 @@ fn pairs_and_concept_tasks_run() {
         assert_eq!(m[0]["acc"].is_null(), objective == "sft");
     }
 
+    // Full fine-tuning of chosen layers (sft): exported merged only; pso
+    // needs LoRA for its frozen model.
+    let cfg = write(&dir.join("pairs-full.toml"), &config("sd21-tiny", "sft", &data, 1));
+    let run = dir.join("run-full");
+    let full = "lora.full=['up_blocks\\.1\\.attentions\\.0\\.proj_out']";
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", run.to_str().unwrap(), "--set", full]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = psotune(&["export", run.to_str().unwrap(), "--format", "kohya", "--out", dir.join("x.safetensors").to_str().unwrap()]);
+    assert!(!ok && err.contains("--format merged"), "{err}");
+    let (ok, _, err) = psotune(&["export", run.to_str().unwrap(), "--format", "merged", "--out", dir.join("merged").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("run-full-pso").to_str().unwrap(), "--set", full, "--set", "objective.kind=pso"]);
+    assert!(!ok && err.contains("frozen model"), "{err}");
+
     // Concept: 3 instance images, 3 class references.
     let inst = dir.join("instance");
     std::fs::create_dir_all(&inst).unwrap();
