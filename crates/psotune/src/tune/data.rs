@@ -202,3 +202,31 @@ pub(crate) fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: usize, refs: usize) -> TrainSet {
+        let examples = (0..n).map(|i| Example { target: i, prompt: 0, references: (0..refs).collect() }).collect();
+        TrainSet { targets: vec![], prompts: vec![], embeds: vec![], examples, pool: ReferencePool::Sampled(vec![]), validation_prompts: vec![], seed: 5 }
+    }
+
+    #[test]
+    fn every_epoch_visits_every_example_once_in_a_seeded_order() {
+        let s = set(7, 3);
+        let epoch = |e: u64| -> Vec<usize> {
+            let mut v: Vec<usize> = (0..7).map(|i| s.example_at(e * 7 + i).unwrap().0.target).collect();
+            let order = v.clone();
+            v.sort();
+            assert_eq!(v, (0..7).collect::<Vec<_>>());
+            order
+        };
+        assert_ne!(epoch(0), epoch(1), "a new order each epoch");
+        // A pure function of the index: the data cursor is all a resume needs.
+        assert_eq!(s.example_at(40).unwrap(), set(7, 3).example_at(40).unwrap());
+        let refs: Vec<usize> = (0..60).map(|n| s.example_at(n).unwrap().1).collect();
+        assert!(refs.iter().all(|r| *r < 3) && (0..3).all(|r| refs.contains(&r)));
+        assert!(set(0, 1).example_at(0).is_err());
+    }
+}
