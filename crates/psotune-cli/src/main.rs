@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod device;
 mod sample;
+mod tune;
 
 #[derive(Parser)]
 #[command(name = "psotune", version, about = "Tune timestep-distilled diffusion models with Pairwise Sample Optimization")]
@@ -18,14 +19,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate images from a diffusers model folder.
-    Sample(sample::SampleArgs),
+    Sample(Box<sample::SampleArgs>),
+    /// Fine-tune a model from a TOML run config (PSO, pso-hinge, diffusion-dpo, sft).
+    Tune(tune::TuneArgs),
+    /// Export a run's checkpoint as a LoRA file (diffusers, kohya) or a merged UNet.
+    Export(tune::ExportArgs),
 }
 
 fn main() -> ExitCode {
     psotune::threads::init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sample(args) => sample::run(args),
+        Command::Sample(args) => sample::run(*args),
+        Command::Tune(args) => tune::run(args),
+        Command::Export(args) => tune::export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,9 +10,11 @@ pub mod error;
 pub mod metrics;
 pub mod models;
 pub mod nn;
+pub mod objectives;
 pub mod ops;
 pub mod pipeline;
 pub mod threads;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};

@@ -3,5 +3,9 @@
 //! problem, so that bad data fails before any expensive work starts.
 
 mod image_folder;
+mod images;
+mod pairs;
 
 pub use image_folder::{load_image_batch, ImageFolder, ImageItem, METADATA_FILE};
+pub use images::{check_image_size, list_images};
+pub use pairs::{PairItem, PairManifest};

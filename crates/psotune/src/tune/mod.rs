@@ -1,0 +1,310 @@
+//! `psotune tune`: fine-tune a (timestep-distilled) diffusion model with
+//! PSO or a baseline objective, from a [`RunConfig`].
+//!
+//! [`run`] is the one training loop. Before it starts, everything that can
+//! fail cheaply is checked (config, every data file and image size) and the
+//! fixed data is encoded once (VAE latents of targets, text embeddings);
+//! references are sampled by the initial model and cached in the run
+//! directory. Each optimizer step then does, per micro-batch:
+//! 1. batch (targets, references, prompts from the data cursor),
+//! 2. noise and timesteps (one t and one eps shared by both images of a pair),
+//! 3. policy forward (adapters on), in epsilon space,
+//! 4. frozen forward (the same network with adapters off, no copy),
+//! 5. loss, 6. backward;
+//!
+//! then 7. clip and AdamW step, 8. log, 9. validation grid and checkpoint.
+//! A checkpoint holds the trained weights, AdamW moments, both RNG streams
+//! and the data cursor, so a killed run resumes bit-exactly.
+
+pub mod artefacts;
+pub mod config;
+pub mod data;
+mod export_run;
+mod model;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand_chacha::ChaCha8Rng;
+use rand::SeedableRng;
+
+use crate::diffusion::{NoiseRng, NoiseRngState, NoiseSchedule};
+use crate::error::{Error, Result};
+use crate::objectives::{to_epsilon, Objective, Predictions};
+use crate::pipeline::{Family, LoadOptions, Pipeline, PromptEmbeds};
+use crate::train::{vars_to_tensors, AdamW, AdamWConfig, CheckpointContents, GradAccumulator, RunDir};
+
+pub use artefacts::{StepMetrics, METRICS_FILE, REFERENCES_DIR, SAMPLES_DIR};
+pub use config::{DataConfig, RunConfig};
+pub use data::{TaskFiles, TrainSet};
+pub use export_run::{export_run, ExportFormat};
+pub use model::Trainable;
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Optimizer steps completed (the config's max-steps).
+    pub steps: u64,
+    /// The step the run started from (0, or the checkpoint resumed).
+    pub resumed_from: u64,
+    /// Loss of the last step trained in this process (None if none was).
+    pub final_loss: Option<f64>,
+    pub last_checkpoint: PathBuf,
+    pub seconds: f64,
+}
+
+/// The micro-batch of step 1.
+struct Batch {
+    target: Tensor,
+    reference: Option<Tensor>,
+    embeds: PromptEmbeds,
+}
+
+fn cat_embeds(list: &[&PromptEmbeds]) -> Result<PromptEmbeds> {
+    let hidden = Tensor::cat(&list.iter().map(|e| &e.hidden).collect::<Vec<_>>(), 0)?;
+    let pooled = match list.iter().map(|e| e.pooled.as_ref()).collect::<Option<Vec<_>>>() {
+        Some(p) if !p.is_empty() => Some(Tensor::cat(&p, 0)?),
+        _ => None,
+    };
+    Ok(PromptEmbeds { hidden, pooled })
+}
+
+/// Examples `cursor .. cursor + n` of the set, with their references.
+fn gather(set: &TrainSet, refs: Option<&[Tensor]>, cursor: u64, n: usize) -> Result<Batch> {
+    let (mut targets, mut references, mut embeds) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n as u64 {
+        let (ex, r) = set.example_at(cursor + i)?;
+        targets.push(set.targets[ex.target].clone());
+        if let Some(pool) = refs {
+            references.push(pool.get(r).ok_or_else(|| Error::invalid(format!("reference {r} is not in the pool")))?.clone());
+        }
+        embeds.push(&set.embeds[ex.prompt]);
+    }
+    let reference = if refs.is_some() { Some(Tensor::stack(&references, 0)?) } else { None };
+    Ok(Batch { target: Tensor::stack(&targets, 0)?, reference, embeds: cat_embeds(&embeds)? })
+}
+
+/// The network's prediction for VP samples `x` at timesteps `t`, as epsilon (f32).
+fn eps_forward(pipe: &Pipeline, x: &Tensor, t: &[f64], embeds: &PromptEmbeds, schedule: &NoiseSchedule, size: (usize, usize)) -> Result<Tensor> {
+    let tt = Tensor::new(t.iter().map(|v| *v as f32).collect::<Vec<_>>(), &pipe.device)?;
+    let time_ids = match pipe.family() {
+        Family::Sdxl => Some(pipe.default_time_ids(x.dim(0)?, size.1, size.0)?),
+        Family::Sd => None,
+    };
+    let out = pipe.predict(&x.to_dtype(pipe.dtype)?, &tt, embeds, time_ids.as_ref())?.to_dtype(DType::F32)?;
+    let ab: Vec<f64> = t.iter().map(|t| schedule.alpha_bar(*t)).collect();
+    Ok(to_epsilon(pipe.scheduler.prediction_type, x, &out, &ab)?)
+}
+
+/// Print a line above the progress bar (or to stderr when it is hidden).
+fn note(pb: &ProgressBar, msg: String) {
+    if pb.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        pb.println(msg);
+    }
+}
+
+fn rng_state(rng: &ChaCha8Rng, seed: u64) -> NoiseRngState {
+    NoiseRngState { seed, word_pos: rng.get_word_pos() }
+}
+
+fn rng_from(state: NoiseRngState) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(state.seed);
+    r.set_word_pos(state.word_pos);
+    r
+}
+
+/// Train as `cfg` says, writing into `run_dir`. With `resume`, continue
+/// from the newest complete checkpoint there (the directory's config.toml
+/// must equal `cfg`); without it, the directory must hold no checkpoint.
+pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
+    let started = Instant::now();
+    // 0a. Cheap checks first: the data files, the objective, the run directory.
+    let files = TaskFiles::open(&cfg.data)?;
+    let objective = Objective::new(cfg.objective.kind, cfg.objective.beta);
+    let run = RunDir::open(run_dir, &cfg.to_toml()?)?.keep_last(cfg.checkpoint.keep_last);
+    let latest = run.latest()?;
+    if !resume && latest.is_some() {
+        let msg = "the run directory already has checkpoints; resume it with --resume or choose a new --out";
+        return Err(Error::Checkpoint { path: run.checkpoints_dir(), msg: msg.into() });
+    }
+
+    // 0b. The model, the trained parameters, and the image size the data must have.
+    let opts = LoadOptions { dtype: cfg.dtype(), variant: cfg.model.variant.clone(), ..Default::default() };
+    let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
+    let size = (pipe.defaults.width.unwrap_or(512), pipe.defaults.height.unwrap_or(512));
+    files.check_size(size.0 as u32, size.1 as u32)?;
+    let trainable = Trainable::attach(&mut pipe.unet, &cfg.lora)?;
+    let switch = trainable.switch().cloned();
+    if objective.kind.uses_frozen_model() && switch.is_none() {
+        let msg = format!("objective {} compares with the frozen model (the network with its LoRA off); full fine-tuning has none: use LoRA, pso-hinge or sft", objective.kind);
+        return Err(Error::config(run.config_path(), msg));
+    }
+    let schedule = NoiseSchedule::from_config(&pipe.scheduler)?;
+    let distilled: Vec<f64> = match &cfg.objective.timesteps {
+        Some(ts) => ts.iter().map(|t| *t as f64).collect(),
+        None => {
+            let d = &pipe.defaults;
+            pipe.sampler(d.sampler, d.steps, d.timesteps.as_deref())?.timesteps().to_vec()
+        }
+    };
+
+    // 0c. Encode the fixed data once.
+    let set = TrainSet::prepare(&files, &pipe, cfg)?;
+    let val_prompts = if cfg.validation.prompts.is_empty() { set.validation_prompts.clone() } else { cfg.validation.prompts.clone() };
+
+    let o = &cfg.optim;
+    let adamw = AdamWConfig { lr: o.lr, beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay };
+    let mut opt = AdamW::new(trainable.vars(), adamw)?;
+    let lr_schedule = o.lr_schedule();
+    let (noise_seed, t_seed, ref_seed) = (data::splitmix(o.seed ^ 1), data::splitmix(o.seed ^ 2), data::splitmix(o.seed ^ 3));
+
+    // 0d. Start fresh or resume from the newest complete checkpoint.
+    let (mut step, mut noise, mut t_rng, mut cursor) = match &latest {
+        Some(ck) => {
+            ck.restore_weights(opt.params())?;
+            ck.restore_optimizer(&mut opt)?;
+            let st = ck.state();
+            let bad = |what: &str| Error::Checkpoint { path: ck.dir().join(crate::train::STATE_FILE), msg: format!("no {what}") };
+            let cursor = st.data_cursor.get("next").and_then(|v| v.as_u64()).ok_or_else(|| bad("data cursor"))?;
+            let noise = NoiseRng::from_state(*st.rng.get("noise").ok_or_else(|| bad("noise RNG state"))?);
+            let t_rng = rng_from(*st.rng.get("timesteps").ok_or_else(|| bad("timestep RNG state"))?);
+            (ck.step(), noise, t_rng, cursor)
+        }
+        None => (0, NoiseRng::new(noise_seed), ChaCha8Rng::seed_from_u64(t_seed), 0),
+    };
+    let resumed_from = step;
+    let mut metrics = artefacts::MetricsLog::open(&run_dir.join(METRICS_FILE), step)?;
+
+    let pb = ProgressBar::new(o.max_steps).with_position(step);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]") {
+        pb.set_style(style);
+    }
+    if resumed_from > 0 {
+        note(&pb, format!("resumed from step {resumed_from}"));
+    }
+    let grid = |step: u64| -> Result<()> {
+        let path = run_dir.join(SAMPLES_DIR).join(format!("{}.png", artefacts::step_name(step)));
+        artefacts::sample_grid(&pipe, &val_prompts, &cfg.validation.seeds, cfg.validation.steps, &path)
+    };
+    if step == 0 {
+        grid(0)?; // the model before training, to compare with
+    }
+
+    // References: sampled by the model at the last refresh boundary, or the dataset's.
+    let refresh = cfg.data.refresh_every();
+    let refs_at = |s: u64| -> Result<Option<Vec<Tensor>>> {
+        if !objective.kind.uses_references() {
+            return Ok(None);
+        }
+        match &set.pool {
+            data::ReferencePool::Fixed(v) => Ok(Some(v.clone())),
+            data::ReferencePool::Sampled(prompts) => Ok(Some(artefacts::sampled_references(&pipe, prompts, run_dir, s, ref_seed)?)),
+        }
+    };
+    let mut refs = refs_at(if refresh > 0 { step - step % refresh } else { 0 })?;
+
+    let mut final_loss = None;
+    let mut last_checkpoint = latest.map(|c| c.dir().to_path_buf()).unwrap_or_default();
+    let (bs, n_train) = (o.batch_size, schedule.num_train_timesteps());
+    while step < o.max_steps {
+        if refresh > 0 && step > 0 && step % refresh == 0 {
+            refs = refs_at(step)?;
+        }
+        let t0 = Instant::now();
+        let mut acc = GradAccumulator::new();
+        let (mut loss_sum, mut acc_sum, mut margin_sum) = (0.0, None::<f64>, None::<f64>);
+        for _ in 0..o.grad_accum {
+            // 1. Batch.
+            let batch = gather(&set, refs.as_deref(), cursor, bs)?;
+            cursor += bs as u64;
+            // 2. Noise and timesteps, the same for both images of a pair.
+            let eps = noise.randn(batch.target.shape(), DType::F32, &pipe.device)?;
+            let t = objective.draw_timesteps(&distilled, n_train, &mut t_rng, bs)?;
+            let mut x = schedule.add_noise(&batch.target, &eps, &t)?;
+            let (mut tt, mut embeds) = (t.clone(), batch.embeds.clone());
+            if let Some(r) = &batch.reference {
+                x = Tensor::cat(&[&x, &schedule.add_noise(r, &eps, &t)?], 0)?;
+                tt.extend_from_slice(&t);
+                embeds = PromptEmbeds::cat(&embeds, &batch.embeds)?;
+            }
+            // 3. Policy forward (adapters on).
+            let policy = eps_forward(&pipe, &x, &tt, &embeds, &schedule, size)?;
+            // 4. Frozen forward: the same network with the adapters off.
+            let frozen = match (&switch, objective.kind.uses_frozen_model()) {
+                (Some(sw), true) => Some(sw.run_disabled(|| eps_forward(&pipe, &x, &tt, &embeds, &schedule, size))?.detach()),
+                _ => None,
+            };
+            // 5. Loss.
+            let half = |t: &Tensor, i: usize| t.narrow(0, i * bs, bs);
+            let paired = batch.reference.is_some();
+            let target = half(&policy, 0)?;
+            let reference = if paired { Some(half(&policy, 1)?) } else { None };
+            let (target_frozen, reference_frozen) = match &frozen {
+                Some(f) => (Some(half(f, 0)?), Some(half(f, 1)?)),
+                None => (None, None),
+            };
+            let out = objective.loss(&Predictions {
+                eps: &eps,
+                target: &target,
+                reference: reference.as_ref(),
+                target_frozen: target_frozen.as_ref(),
+                reference_frozen: reference_frozen.as_ref(),
+            })?;
+            // 6. Backward.
+            acc.add_store(&out.loss.backward()?, opt.params())?;
+            loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            acc_sum = out.acc.map(|a| acc_sum.unwrap_or(0.0) + a);
+            margin_sum = out.margin.map(|m| margin_sum.unwrap_or(0.0) + m);
+        }
+        // 7. Clip and step.
+        let mut grads = acc.finish()?;
+        let grad_norm = if o.grad_clip > 0.0 { grads.clip_global_norm(o.grad_clip)? } else { grads.global_norm()? };
+        let lr = lr_schedule.lr(o.lr, step);
+        opt.set_lr(lr);
+        opt.step(&grads)?;
+        step += 1;
+
+        // 8. Log.
+        let n = o.grad_accum as f64;
+        let m = StepMetrics {
+            step,
+            loss: loss_sum / n,
+            acc: acc_sum.map(|a| a / n),
+            margin: margin_sum.map(|a| a / n),
+            lr,
+            grad_norm,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        if !m.loss.is_finite() {
+            return Err(Error::invalid(format!("step {step}: the loss is {}; lower optim.lr or check the data", m.loss)));
+        }
+        metrics.write(&m)?;
+        final_loss = Some(m.loss);
+        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        pb.set_message(format!("loss {:.4} acc {} margin {}", m.loss, fmt(m.acc), fmt(m.margin)));
+        pb.set_position(step);
+
+        // 9. Validation grid and checkpoint.
+        let last = step == o.max_steps;
+        if last || (cfg.validation.every > 0 && step % cfg.validation.every == 0) {
+            grid(step)?;
+        }
+        if last || step % cfg.checkpoint.every == 0 {
+            let mut rng = BTreeMap::new();
+            rng.insert("noise".to_string(), noise.state());
+            rng.insert("timesteps".to_string(), rng_state(&t_rng, t_seed));
+            let weights = vars_to_tensors(opt.params());
+            let data_cursor = serde_json::json!({ "next": cursor });
+            let ck = run.save(&CheckpointContents { step, weights: &weights, optimizer: &opt, rng, data_cursor })?;
+            last_checkpoint = ck.dir().to_path_buf();
+            note(&pb, format!("checkpoint {}", ck.dir().display()));
+        }
+    }
+    pb.finish();
+    Ok(Summary { steps: step, resumed_from, final_loss, last_checkpoint, seconds: started.elapsed().as_secs_f64() })
+}
