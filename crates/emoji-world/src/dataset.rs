@@ -35,9 +35,18 @@ impl EmojiSet {
     }
 
     pub fn batch(&self, idx: &[usize]) -> Result<Tensor> {
-        let ids = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &Device::Cpu)?;
-        Ok(self.images.index_select(&ids, 0)?)
+        Ok(self.images.index_select(&index_tensor(idx)?, 0)?)
     }
+}
+
+/// Row indices as the u32 tensor `index_select` takes.
+pub fn index_tensor(idx: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &Device::Cpu)?)
+}
+
+/// Per-sample timesteps as the [B] f32 tensor the UNet takes.
+pub fn timestep_tensor(t: &[f64]) -> Result<Tensor> {
+    Ok(Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), t.len(), &Device::Cpu)?)
 }
 
 /// Epoch-wise random permutations; its position is the checkpoint's data cursor.
@@ -73,6 +82,7 @@ impl Shuffler {
         p
     }
 
+    #[cfg(test)]
     pub fn epoch(&self) -> u64 {
         self.epoch
     }

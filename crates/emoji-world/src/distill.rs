@@ -24,9 +24,9 @@ use psotune::nn::Weights;
 use psotune::train::{vars_to_tensors, LrSchedule};
 
 use crate::configs;
-use crate::dataset::EmojiSet;
+use crate::dataset::{index_tensor, timestep_tensor, EmojiSet};
 use crate::folder::{write_pipeline, PipelineParts};
-use crate::stage::{is_done, mark_done, Ema, Trainer, TrainerSpec};
+use crate::stage::{begin, is_done, mark_done, Ema, Trainer, TrainerSpec};
 use crate::teacher::{self, preview, unet_config, Captions, Latents};
 use crate::Ctx;
 
@@ -50,22 +50,13 @@ fn consistency(lcm: &Lcm, x: &Tensor, x0: &Tensor, t: &[f64]) -> Result<Tensor> 
     Ok((x.broadcast_mul(&per_sample(skip.into_iter())?)? + x0.broadcast_mul(&per_sample(out.into_iter())?)?)?)
 }
 
-fn timestep_tensor(t: &[f64]) -> Result<Tensor> {
-    Ok(Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), t.len(), &Device::Cpu)?)
-}
-
 pub fn run(ctx: &Ctx) -> Result<()> {
     let r = &ctx.recipe.distill;
-    let dir = ctx.work.join("distill");
-    if is_done(&dir) {
-        eprintln!("distill: done ({})", dir.display());
-        return Ok(());
-    }
     let teacher_dir = teacher::model_dir(ctx);
-    if !is_done(&ctx.work.join("teacher")) {
+    if !is_done(&ctx.work.join("teacher")) && !is_done(&ctx.work.join("distill")) {
         bail!("the teacher stage has not finished ({})", ctx.work.join("teacher").display());
     }
-    std::fs::create_dir_all(&dir)?;
+    let Some(dir) = begin(ctx, "distill")? else { return Ok(()) };
     let (tok_dir, vae_dir) = (ctx.out.join("tokenizer"), ctx.out.join("vae"));
     let tok = ClipTokenizer::from_dir(&tok_dir)?;
     let set = EmojiSet::load(&ctx.data, &["twemoji"])?;
@@ -75,6 +66,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     // Frozen text encoder: embed every caption once.
     let te_cfg = ClipTextConfig::from_file(teacher_dir.join("text_encoder/config.json"))?;
     let te_map = read_safetensors(&teacher_dir.join("text_encoder/model.safetensors"))?;
+    let te_json = te_cfg_json(&teacher_dir)?;
     let te_w = Weights::from_tensors(te_map.clone(), "teacher text encoder", DType::F32, &Device::Cpu);
     let te = ClipTextModel::load(te_w.var_builder(), &te_cfg, false)?;
     te_w.finish()?;
@@ -132,8 +124,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         let x_t = schedule.add_noise(&z, &eps, &t)?;
         let ab_t: Vec<f64> = t.iter().map(|&t| schedule.alpha_bar(t)).collect();
         let ab_s: Vec<f64> = s.iter().map(|&s| schedule.alpha_bar(s)).collect();
-        let ids = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), b, &Device::Cpu)?;
-        let cond = embeds.index_select(&ids, 0)?;
+        let cond = embeds.index_select(&index_tensor(&idx)?, 0)?;
         let uncond = empty.broadcast_as(cond.shape())?.contiguous()?;
 
         // 1. student prediction at t.
@@ -161,14 +152,14 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         ema.update()?;
         if tr.step % (r.checkpoint_every * 5) == 0 || tr.finished() {
             let snapshot = dir.join("model");
-            write_student(&snapshot, ctx, &te_cfg_json(&teacher_dir)?, &te_map, &vars_to_tensors(&s_w.vars()).into_iter().collect())?;
+            write_student(&snapshot, ctx, &te_json, &te_map, &vars_to_tensors(&s_w.vars()).into_iter().collect())?;
             for steps in [1, 4] {
                 preview(&snapshot, &dir.join("samples").join(format!("step-{:06}-{steps}step.png", tr.step)), steps)?;
             }
         }
     }
     tr.finish_bar();
-    write_student(&ctx.out, ctx, &te_cfg_json(&teacher_dir)?, &te_map, &vars_to_tensors(&s_w.vars()).into_iter().collect())?;
+    write_student(&ctx.out, ctx, &te_json, &te_map, &vars_to_tensors(&s_w.vars()).into_iter().collect())?;
     mark_done(&dir, &serde_json::json!({ "steps": r.steps, "guidance": r.guidance }))
 }
 

@@ -79,6 +79,9 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let args = Args::parse();
+    // candle's element-wise pool busy-waits beside rayon's; on 2 cores that
+    // made training steps ~4x slower (see psotune::threads).
+    psotune::threads::init();
     let recipe: recipe::Recipe = match &args.recipe {
         Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| p.display().to_string())?)
             .with_context(|| format!("recipe {}", p.display()))?,

@@ -28,6 +28,18 @@ pub fn mark_done(dir: &Path, summary: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// The run directory `WORK/<name>` of a stage, created; None when the
+/// stage already finished (it is then skipped).
+pub fn begin(ctx: &crate::Ctx, name: &str) -> Result<Option<PathBuf>> {
+    let dir = ctx.work.join(name);
+    if is_done(&dir) {
+        eprintln!("{name}: done ({})", dir.display());
+        return Ok(None);
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(Some(dir))
+}
+
 pub struct TrainerSpec {
     pub lr: f64,
     pub weight_decay: f64,
@@ -109,7 +121,7 @@ impl Trainer {
         writeln!(f, "{}", serde_json::Value::Object(record))?;
         self.bar.set_position(self.step);
         self.bar.set_message(format!("loss {loss_v:.4}"));
-        if self.step % self.spec.checkpoint_every == 0 || self.finished() {
+        if self.step.is_multiple_of(self.spec.checkpoint_every) || self.finished() {
             self.save()?;
         }
         Ok(norm)
@@ -135,9 +147,6 @@ impl Trainer {
         self.bar.finish();
     }
 
-    pub fn println(&self, msg: impl AsRef<str>) {
-        self.bar.println(msg.as_ref());
-    }
 }
 
 /// Drop metric lines past `step` (written after the checkpoint we resume from).

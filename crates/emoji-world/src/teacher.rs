@@ -17,11 +17,11 @@ use psotune::pipeline::{LoadOptions, Pipeline, SampleRequest};
 use psotune::train::LrSchedule;
 
 use crate::configs;
-use crate::dataset::EmojiSet;
+use crate::dataset::{index_tensor, timestep_tensor, EmojiSet};
 use crate::folder::{write_pipeline, PipelineParts};
 use crate::grid::save_grid;
 use crate::init::init_weights;
-use crate::stage::{is_done, mark_done, Ema, Trainer, TrainerSpec};
+use crate::stage::{begin, mark_done, Ema, Trainer, TrainerSpec};
 use crate::Ctx;
 
 /// Prompts of the preview sheets (training captions and two held-out concepts).
@@ -63,7 +63,7 @@ impl Latents {
 
     /// Scaled latents of `idx`, sampled from the posterior.
     pub fn sample(&self, idx: &[usize], noise: &Tensor) -> Result<Tensor> {
-        let ids = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &Device::Cpu)?;
+        let ids = index_tensor(idx)?;
         let m = self.mean.index_select(&ids, 0)?;
         let s = self.std.index_select(&ids, 0)?;
         Ok(((m + (s * noise)?)? * self.scaling)?)
@@ -118,12 +118,7 @@ pub fn model_dir(ctx: &Ctx) -> PathBuf {
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     let r = &ctx.recipe.teacher;
-    let dir = ctx.work.join("teacher");
-    if is_done(&dir) {
-        eprintln!("teacher: done ({})", dir.display());
-        return Ok(());
-    }
-    std::fs::create_dir_all(&dir)?;
+    let Some(dir) = begin(ctx, "teacher")? else { return Ok(()) };
     let (tok_dir, vae_dir) = (ctx.out.join("tokenizer"), ctx.out.join("vae"));
     let tok = ClipTokenizer::from_dir(&tok_dir).context("the tokenizer stage must run first")?;
     let set = EmojiSet::load(&ctx.data, &["twemoji"])?;
@@ -179,8 +174,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         let x_t = schedule.add_noise(&z, &eps, &t)?;
         let ids = caps.batch(&idx, &drop)?;
         let cond = te.forward(&ids)?.last_hidden_state;
-        let tt = Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), b, &Device::Cpu)?;
-        let pred = unet.forward(&x_t, &tt, &cond, None)?;
+        let pred = unet.forward(&x_t, &timestep_tensor(&t)?, &cond, None)?;
         let loss = (pred - &eps)?.sqr()?.mean_all()?;
         tr.update(&loss, Default::default())?;
         ema.update()?;

@@ -94,7 +94,7 @@ mod tests {
         std::fs::write(&bpe, "#version: 0.2\nd o\ndo g</w>\nc a\n").unwrap();
         let n = write_tokenizer(&bpe, 2, 16, &dir.join("tok")).unwrap();
         assert_eq!(n, 512 + 2 + 2);
-        let tok = psotune::models::clip::ClipTokenizer::from_dir(&dir.join("tok")).unwrap();
+        let tok = psotune::models::clip::ClipTokenizer::from_dir(dir.join("tok")).unwrap();
         let ids = tok.encode("dog cat").unwrap();
         assert_eq!(ids.len(), 16);
         // bos, "dog</w>", then "cat" spelled with byte symbols (c a t</w>).

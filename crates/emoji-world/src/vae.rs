@@ -12,7 +12,7 @@ use crate::configs;
 use crate::dataset::EmojiSet;
 use crate::grid::save_grid;
 use crate::init::init_weights;
-use crate::stage::{is_done, mark_done, Trainer, TrainerSpec};
+use crate::stage::{begin, mark_done, Trainer, TrainerSpec};
 use crate::Ctx;
 
 pub const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
@@ -34,12 +34,7 @@ fn kl(mean: &Tensor, logvar: &Tensor) -> candle_core::Result<Tensor> {
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     let r = &ctx.recipe.vae;
-    let dir = ctx.work.join("vae");
-    if is_done(&dir) {
-        eprintln!("vae: done ({})", dir.display());
-        return Ok(());
-    }
-    std::fs::create_dir_all(&dir)?;
+    let Some(dir) = begin(ctx, "vae")? else { return Ok(()) };
     let set = EmojiSet::load(&ctx.data, &[])?;
     eprintln!("vae: {} images", set.len());
     let cfg_path = dir.join("config.json");
