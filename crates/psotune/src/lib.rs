@@ -13,6 +13,7 @@ pub mod nn;
 pub mod objectives;
 pub mod ops;
 pub mod pipeline;
+pub mod reward;
 pub mod threads;
 pub mod train;
 pub mod tune;

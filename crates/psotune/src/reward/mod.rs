@@ -1,0 +1,25 @@
+//! Rewards: score generated images (with their prompts), higher is better.
+//!
+//! Online PSO (pso.md §3b) ranks two samples of the same prompt by a
+//! reward; evaluation reports mean rewards on held-out prompts. Every
+//! scorer — built-in statistics, the emoji evaluator, native CLIP-family
+//! models, an external command — implements [`Reward`], so the training
+//! loop never knows which one it has.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+
+/// A scorer of images given their prompts.
+///
+/// `&mut self` because some rewards hold state between calls (an external
+/// process and its pipes, a cache of text embeddings).
+pub trait Reward {
+    /// A short name for logs and metrics (e.g. `"colourfulness"`).
+    fn name(&self) -> &str;
+
+    /// Scores `images` (`[N, 3, H, W]`, f32, values in `[-1, 1]`, as the
+    /// VAE decodes them) against `prompts` (`N` strings, one per image).
+    /// Returns `N` finite scores; higher is better.
+    fn score(&mut self, images: &Tensor, prompts: &[String]) -> Result<Vec<f32>>;
+}
