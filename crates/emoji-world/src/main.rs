@@ -6,18 +6,26 @@
 //! vae        AutoencoderKL 32x32x3 <-> 8x8x4   -> OUT/vae
 //! teacher    UNet + text encoder, eps loss     -> OUT-teacher (DDIM, 25 steps)
 //! distill    latent consistency distillation   -> OUT (LCM, 1-4 steps)
+//! ship       weights stored as float16          -> OUT (23 MB)
+//! evaluator  style + category classifier       -> OUT/evaluator
+//! report     teacher vs student, measured       -> WORK/report
+//! assets     the data subset the repo carries   -> ASSETS
 //! ```
 //!
 //! Every stage checkpoints into WORK/<stage>/run and continues from there
 //! when restarted; a finished stage is skipped.
 
+mod assets;
 mod configs;
 mod dataset;
 mod distill;
+mod evaluator;
 mod folder;
 mod grid;
 mod init;
 mod recipe;
+mod report;
+mod ship;
 mod stage;
 mod teacher;
 mod tokenizer;
@@ -34,6 +42,10 @@ enum Stage {
     Vae,
     Teacher,
     Distill,
+    Ship,
+    Evaluator,
+    Report,
+    Assets,
     All,
 }
 
@@ -52,6 +64,9 @@ struct Args {
     /// The model folder to write.
     #[arg(long, default_value = "models/emoji")]
     out: PathBuf,
+    /// Where the `assets` stage writes the dataset subset the repository carries.
+    #[arg(long, default_value = "assets/emoji")]
+    assets: PathBuf,
     /// A TOML recipe overriding the defaults of recipe.rs.
     #[arg(long)]
     recipe: Option<PathBuf>,
@@ -95,7 +110,7 @@ fn run() -> Result<()> {
     std::fs::create_dir_all(&ctx.work)?;
     let mut stages = args.stages.clone();
     if stages.contains(&Stage::All) {
-        stages = vec![Stage::Tokenizer, Stage::Vae, Stage::Teacher, Stage::Distill];
+        stages = vec![Stage::Tokenizer, Stage::Vae, Stage::Teacher, Stage::Distill, Stage::Ship, Stage::Evaluator, Stage::Report, Stage::Assets];
     }
     for stage in stages {
         match stage {
@@ -110,6 +125,10 @@ fn run() -> Result<()> {
             Stage::Vae => vae::run(&ctx)?,
             Stage::Teacher => teacher::run(&ctx)?,
             Stage::Distill => distill::run(&ctx)?,
+            Stage::Ship => ship::run(&ctx)?,
+            Stage::Evaluator => evaluator::run(&ctx)?,
+            Stage::Report => report::run(&ctx)?,
+            Stage::Assets => assets::run(&ctx, &args.assets)?,
             Stage::All => unreachable!("expanded above"),
         }
     }

@@ -10,6 +10,8 @@ pub struct Recipe {
     pub vae: VaeRecipe,
     pub teacher: TeacherRecipe,
     pub distill: DistillRecipe,
+    pub evaluator: EvaluatorRecipe,
+    pub report: ReportRecipe,
 }
 
 /// AutoencoderKL on all three styles: L1 + edge L1 + a small KL.
@@ -109,5 +111,48 @@ impl Default for DistillRecipe {
             checkpoint_every: 200,
             seed: 3,
         }
+    }
+}
+
+/// The evaluator (style + category classifier on all three styles); the
+/// other settings are psotune's `EvaluatorTrainConfig` defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct EvaluatorRecipe {
+    /// Passes over the training images.
+    pub epochs: u64,
+    /// Images per step.
+    pub batch: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub seed: u64,
+}
+
+impl Default for EvaluatorRecipe {
+    fn default() -> Self {
+        EvaluatorRecipe { epochs: 10, batch: 64, lr: 2e-3, seed: 0 }
+    }
+}
+
+/// The report: teacher and student measured on the same prompts and seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ReportRecipe {
+    /// Prompts (one per base-set concept, a fixed random subset).
+    pub prompts: usize,
+    /// Teacher step counts (DDIM with its guidance).
+    pub teacher_steps: Vec<usize>,
+    /// Student step counts (LCM).
+    pub student_steps: Vec<usize>,
+    /// Images per sampling batch.
+    pub batch: usize,
+    /// Rows of the teacher-vs-student grid.
+    pub grid_prompts: usize,
+    pub seed: u64,
+}
+
+impl Default for ReportRecipe {
+    fn default() -> Self {
+        ReportRecipe { prompts: 512, teacher_steps: vec![25, 50], student_steps: vec![1, 2, 4], batch: 64, grid_prompts: 8, seed: 0 }
     }
 }

@@ -40,6 +40,16 @@ pub fn begin(ctx: &crate::Ctx, name: &str) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
+/// A progress bar over `len` units, labelled `prefix`.
+pub fn counter_bar(len: u64, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta}) {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
 pub struct TrainerSpec {
     pub lr: f64,
     pub weight_decay: f64,
@@ -88,12 +98,8 @@ impl Trainer {
         }
         let metrics = dir.join("metrics.jsonl");
         truncate_metrics(&metrics, step)?;
-        let bar = ProgressBar::new(spec.total_steps).with_position(step);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta}) {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let bar = counter_bar(spec.total_steps, &dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar.set_position(step);
         Ok(Trainer { run, opt, step, rng, data, extra, spec, metrics, bar, started: Instant::now() })
     }
 

@@ -214,6 +214,6 @@ pub fn preview(model: &Path, png: &Path, steps: usize) -> Result<()> {
     prompts.extend(PREVIEW_PROMPTS.iter().map(|s| s.to_string()));
     let req = SampleRequest { prompts, steps: Some(steps), seed: 0, ..Default::default() };
     let out = pipe.sample(&req)?;
-    save_grid(&((out.images * 2.0)? - 1.0)?, PREVIEW_PROMPTS.len(), png)?;
+    save_grid(&((out.images * 2.0)? - 1.0)?, PREVIEW_PROMPTS.len(), 1, png)?;
     Ok(())
 }

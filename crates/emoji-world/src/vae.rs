@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let sample: Vec<usize> = (0..set.len()).step_by(set.len() / 16).take(16).collect();
     let x = set.batch(&sample)?;
     let rec = vae.decode(&vae.encode(&x)?.mode())?;
-    save_grid(&Tensor::cat(&[&x, &rec], 0)?, 16, &dir.join("reconstructions.png"))?;
+    save_grid(&Tensor::cat(&[&x, &rec], 0)?, 16, 1, &dir.join("reconstructions.png"))?;
 
     let out = ctx.out.join("vae");
     std::fs::create_dir_all(&out)?;

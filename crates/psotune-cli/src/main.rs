@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod device;
+mod eval;
 mod sample;
 mod tune;
 
@@ -22,6 +23,8 @@ enum Command {
     Sample(Box<sample::SampleArgs>),
     /// Fine-tune a model from a TOML run config (PSO, pso-hinge, diffusion-dpo, sft).
     Tune(tune::TuneArgs),
+    /// Measure the base model and tuned runs side by side (emoji-FID, style, alignment, sharpness).
+    Eval(Box<eval::EvalArgs>),
     /// Export a run's checkpoint as a LoRA file (diffusers, kohya) or a merged UNet.
     Export(tune::ExportArgs),
 }
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample::run(*args),
         Command::Tune(args) => tune::run(args),
         Command::Export(args) => tune::export(args),
+        Command::Eval(args) => eval::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

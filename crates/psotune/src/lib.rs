@@ -7,6 +7,7 @@ pub mod data;
 pub mod diffusion;
 pub mod export;
 pub mod error;
+pub mod eval;
 pub mod metrics;
 pub mod models;
 pub mod nn;

@@ -107,6 +107,31 @@ pub struct MetadataLine<'a> {
     pub subgroup: &'a str,
     /// "holdout" for the held-out concepts, else "train".
     pub split: &'static str,
+    /// "val" for about a tenth of the concepts (all their styles), else
+    /// "fit": the evaluator validates on "val", and style transfer tunes on
+    /// "fit" and measures on "val".
+    pub fold: &'static str,
+}
+
+/// The fold of a concept; the same rule as psotune's
+/// `models::evaluator::is_validation_concept(concept, 0.1)` (FNV-1a, then
+/// the splitmix64 finaliser), so the dataset and the evaluator agree
+/// without this tool depending on psotune. Tests on both sides pin the
+/// same concepts.
+pub fn fold(concept: &str) -> &'static str {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in concept.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    if ((h >> 11) as f64 / (1u64 << 53) as f64) < 0.1 {
+        "val"
+    } else {
+        "fit"
+    }
 }
 
 pub fn file_name(style: Style, key: &str) -> String {
@@ -139,6 +164,7 @@ pub fn metadata(
             } else {
                 "train"
             },
+            fold: fold(&e.key),
         };
         out.push_str(&serde_json::to_string(&line)?);
         out.push('\n');
@@ -228,8 +254,19 @@ mod tests {
         let first = meta.lines().next().unwrap();
         assert_eq!(
             first,
-            r#"{"file_name":"twemoji/1f1ea-1f1ec.png","text":"an emoji of the flag of Egypt","style":"twemoji","concept":"1f1ea-1f1ec","name":"flag: Egypt","group":"Flags","subgroup":"","split":"train"}"#
+            r#"{"file_name":"twemoji/1f1ea-1f1ec.png","text":"an emoji of the flag of Egypt","style":"twemoji","concept":"1f1ea-1f1ec","name":"flag: Egypt","group":"Flags","subgroup":"","split":"train","fold":"fit"}"#
         );
         assert!(meta.lines().filter(|l| l.contains("\"holdout\"")).count() == 3);
+    }
+
+    #[test]
+    fn folds_are_pinned() {
+        // The same ids psotune's evaluator tests pin (is_validation_concept).
+        for c in ["0023-20e3", "00a9", "1f0cf", "1f193", "1f1e6-1f1ee"] {
+            assert_eq!(fold(c), "val", "{c}");
+        }
+        for c in ["002a-20e3", "002d", "0030-20e3"] {
+            assert_eq!(fold(c), "fit", "{c}");
+        }
     }
 }

@@ -66,3 +66,30 @@ mod tests {
         assert!(e.contains("/nonexistent.png"), "{e}");
     }
 }
+
+/// Write images [N, 3, H, W] with values in [0, 1] as one PNG: `cols` per
+/// row (row-major), each enlarged `scale` times (nearest neighbour, so
+/// tiny images stay crisp), with a 1-pixel white gutter.
+pub fn save_grid(images: &Tensor, cols: usize, scale: usize, path: &Path) -> Result<()> {
+    let (n, c, h, w) = images.dims4()?;
+    if n == 0 || cols == 0 || scale == 0 {
+        return Err(Error::invalid(format!("save_grid: {n} images in {cols} columns at scale {scale}")));
+    }
+    let (h, w) = (h * scale, w * scale);
+    let images = if scale > 1 { images.upsample_nearest2d(h, w)? } else { images.clone() };
+    let rows = n.div_ceil(cols);
+    let (gh, gw) = (rows * (h + 1) + 1, cols * (w + 1) + 1);
+    let mut canvas = vec![1f32; c * gh * gw];
+    let data = images.to_dtype(DType::F32)?.clamp(0f32, 1f32)?.flatten_all()?.to_vec1::<f32>()?;
+    for i in 0..n {
+        let (r, col) = (i / cols, i % cols);
+        for ch in 0..c {
+            for y in 0..h {
+                let src = ((i * c + ch) * h + y) * w;
+                let dst = (ch * gh + r * (h + 1) + 1 + y) * gw + col * (w + 1) + 1;
+                canvas[dst..dst + w].copy_from_slice(&data[src..src + w]);
+            }
+        }
+    }
+    save_png(&Tensor::from_vec(canvas, (c, gh, gw), images.device())?, path)
+}

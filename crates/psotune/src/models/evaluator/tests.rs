@@ -307,3 +307,15 @@ fn bad_data_is_reported_with_the_line() {
     let e = train_evaluator(&data, &run, &run, &cfg).unwrap_err().to_string();
     assert!(e.contains("metadata.jsonl:1") && e.contains("`subgroup`"), "{e}");
 }
+
+#[test]
+fn validation_concepts_are_pinned() {
+    // tools/emoji-data writes the same split as the `fold` field of
+    // metadata.jsonl and pins the same ids; both sides must agree.
+    for c in ["0023-20e3", "00a9", "1f0cf", "1f193", "1f1e6-1f1ee"] {
+        assert!(is_validation_concept(c, 0.1), "{c}");
+    }
+    for c in ["002a-20e3", "002d", "0030-20e3"] {
+        assert!(!is_validation_concept(c, 0.1), "{c}");
+    }
+}
