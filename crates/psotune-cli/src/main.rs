@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod device;
 mod eval;
 mod sample;
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job on the built-in emoji model: PSO style transfer, measured, with an HTML report.
+    Demo(demo::DemoArgs),
     /// Generate images from a diffusers model folder.
     Sample(Box<sample::SampleArgs>),
     /// Fine-tune a model from a TOML run config (PSO, pso-hinge, diffusion-dpo, sft).
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     psotune::threads::init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Sample(args) => sample::run(*args),
         Command::Tune(args) => tune::run(args),
         Command::Export(args) => tune::export(args),

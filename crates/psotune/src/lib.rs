@@ -4,6 +4,7 @@
 //! the `psotune` binary is a thin layer over it.
 
 pub mod data;
+pub mod demo;
 pub mod diffusion;
 pub mod export;
 pub mod error;
