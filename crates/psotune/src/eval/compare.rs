@@ -18,6 +18,9 @@ use crate::metrics::mean_cosine_similarity;
 use crate::models::evaluator::Evaluator;
 use crate::pipeline::{LoadOptions, Pipeline};
 
+/// Grid rows given to the instance prompt when there is one.
+const INSTANCE_ROWS: usize = 2;
+
 /// A model to measure: the base model, or the base model with a LoRA.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -118,11 +121,14 @@ pub fn compare(spec: &CompareSpec, candidates: &[Candidate], mut log: impl FnMut
             let settings = SampleSettings { steps: *steps, seed: spec.seed, batch: spec.batch, ..Default::default() };
             let images = sample_prompts(&pipe, &prompts.prompts, &settings, |_| {})?;
             let measures = judge.measure(&images, &prompts.categories)?;
+            let mut column = images.narrow(0, 0, g)?;
             let instance_similarity = match (&spec.instance, &instance_features) {
                 (Some(check), Some(feats)) => {
                     let batch = vec![check.prompt.clone(); check.samples.max(1)];
                     let s = SampleSettings { seed: spec.seed + 1_000_000, ..settings.clone() };
                     let samples = sample_prompts(&pipe, &batch, &s, |_| {})?;
+                    // The grid shows the instance prompt first.
+                    column = Tensor::cat(&[&samples.narrow(0, 0, INSTANCE_ROWS.min(samples.dim(0)?))?, &column], 0)?;
                     Some(mean_cosine_similarity(&judge.evaluator.features(&samples)?, feats)?)
                 }
                 _ => None,
@@ -131,7 +137,7 @@ pub fn compare(spec: &CompareSpec, candidates: &[Candidate], mut log: impl FnMut
             let row = CompareRow { label: cand.label.clone(), steps, measures, instance_similarity };
             log(&format!("{} at {} steps: emoji-FID {:.2}, prompt alignment {:.3}", row.label, steps, row.measures.emoji_fid, row.measures.prompt_alignment));
             rows.push(row);
-            columns.push(images.narrow(0, 0, g)?);
+            columns.push(column);
         }
     }
     let grid = Tensor::stack(&columns, 1)?.flatten(0, 1)?;
@@ -139,7 +145,10 @@ pub fn compare(spec: &CompareSpec, candidates: &[Candidate], mut log: impl FnMut
         rows,
         grid,
         columns: columns.len(),
-        grid_prompts: prompts.prompts[..g].to_vec(),
+        grid_prompts: match &spec.instance {
+            Some(check) => std::iter::repeat_n(check.prompt.clone(), INSTANCE_ROWS.min(check.samples.max(1))).chain(prompts.prompts[..g].iter().cloned()).collect(),
+            None => prompts.prompts[..g].to_vec(),
+        },
         prompts: prompts.len(),
         reference_images: reference.len(),
     })
