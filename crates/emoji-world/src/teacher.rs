@@ -53,9 +53,11 @@ impl Latents {
             means.push(post.mean.clone());
             stds.push(post.std()?);
         }
+        // contiguous: with one chunk `cat` hands back the narrowed view of
+        // the moments, which index_select refuses.
         Ok(Latents {
-            mean: Tensor::cat(&means, 0)?,
-            std: Tensor::cat(&stds, 0)?,
+            mean: Tensor::cat(&means, 0)?.contiguous()?,
+            std: Tensor::cat(&stds, 0)?.contiguous()?,
             scaling: vae.config().scaling_factor,
             texts: set.items.iter().map(|i| i.text.clone()).collect(),
         })

@@ -94,7 +94,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     }
     let scaling = 1.0 / (sum_sq / count as f64).sqrt();
     let psnr = psnr_sum / set.len() as f64;
-    let sample: Vec<usize> = (0..set.len()).step_by(set.len() / 16).take(16).collect();
+    let sample: Vec<usize> = (0..set.len()).step_by((set.len() / 16).max(1)).take(16).collect();
     let x = set.batch(&sample)?;
     let rec = vae.decode(&vae.encode(&x)?.mode())?;
     save_grid(&Tensor::cat(&[&x, &rec], 0)?, 16, 1, &dir.join("reconstructions.png"))?;
