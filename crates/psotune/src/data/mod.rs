@@ -4,8 +4,10 @@
 
 mod image_folder;
 mod images;
+mod make_pairs;
 mod pairs;
 
 pub use image_folder::{load_image_batch, ImageFolder, ImageItem, METADATA_FILE};
 pub use images::{check_image_size, list_images};
 pub use pairs::{PairItem, PairManifest};
+pub use make_pairs::{best_and_worst, make_pairs, PairsSpec, PairsSummary};
