@@ -70,7 +70,7 @@ pub struct EvalArgs {
 }
 
 /// `key=value,key=value` -> map.
-fn parse_select(s: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_select(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut m = BTreeMap::new();
     for part in s.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').ok_or_else(|| format!("{part:?} is not key=value"))?;
