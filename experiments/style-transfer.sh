@@ -7,28 +7,37 @@
 #
 #   experiments/style-transfer.sh            (resumable: finished runs are kept)
 #
-# Writes runs/style-<objective>/ and docs/experiments/style-transfer.{md,json,png}.
+# Writes runs/style<TAG>-<objective>/ and docs/experiments/style-transfer<TAG>.{md,json,png};
+# LR, PSO_BETA, STEPS and TAG (environment) vary the setting.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PSOTUNE="${PSOTUNE:-target/release/psotune}"
 [[ -x "$PSOTUNE" ]] || cargo build --release -p psotune-cli
 STEPS="${STEPS:-600}"
+LR="${LR:-1e-4}"            # the same for every objective
+PSO_BETA="${PSO_BETA:-10}"   # examples/style.toml's
+TAG="${TAG:-}"               # run and report names: runs/style<TAG>-<objective>
 runs=()
 for kind in pso sft sft-distilled diffusion-dpo; do
-  dir="runs/style-$kind"
+  dir="runs/style$TAG-$kind"
   if [[ -f "$dir/config.toml" ]]; then
     "$PSOTUNE" tune --resume "$dir"
   else
-    extra=()
+    extra=(--set objective.beta="$PSO_BETA")
     # Diffusion-DPO's beta lives on another scale (its paper's 5000).
     [[ $kind == diffusion-dpo ]] && extra=(--set objective.beta=5000)
-    "$PSOTUNE" tune examples/style.toml --set objective.kind="$kind" --set optim.max-steps="$STEPS" "${extra[@]}" --out "$dir"
+    mkdir -p "$dir"
+    # Every run samples the same references (same captions, same seed): reuse them.
+    [[ -d runs/style-references ]] && cp -rn runs/style-references "$dir/references"
+    "$PSOTUNE" tune examples/style.toml --set objective.kind="$kind" --set optim.max-steps="$STEPS" \
+      --set optim.lr="$LR" "${extra[@]}" --out "$dir"
+    [[ -d runs/style-references ]] || cp -r "$dir/references" runs/style-references
   fi
   runs+=(--run "$dir")
 done
 mkdir -p docs/experiments
 "$PSOTUNE" eval --model models/emoji "${runs[@]}" \
   --prompts style=noto,fold=val --num-prompts 400 --steps 1,4 \
-  --grid docs/experiments/style-transfer.png --json docs/experiments/style-transfer.json \
-  | tee docs/experiments/style-transfer.md
+  --grid "docs/experiments/style-transfer$TAG.png" --json "docs/experiments/style-transfer$TAG.json" \
+  | tee "docs/experiments/style-transfer$TAG.md"
