@@ -80,7 +80,9 @@ RESIZE_CASES = [
     ("small.png", (19, 40), "bicubic"),  # vertical pass only
     ("square.png", (11, 37), "bicubic"),  # horizontal pass only
     ("wide.png", (5, 3), "bicubic"),  # far down (wide support)
-    ("tall.png", (33, 20), "bilinear"),
+    ("tall.png", (33, 20), "bilinear"),  # Pillow runs the vertical pass first here
+    ("square.png", (20, 12), "bicubic"),  # both down, horizontal first
+    ("square.png", (29, 12), "bicubic"),  # both down, vertical first
 ]
 SEED = {"images": 1, "clip-vit": 21, "pickscore": 22, "open-clip": 23, "aesthetic-mlp": 24, "aesthetic-linear": 25}
 
