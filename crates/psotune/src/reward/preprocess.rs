@@ -173,7 +173,7 @@ impl ImagePreprocess {
                 Some(v) => *out = three(v).ok_or_else(|| bad(format!("{key} must be one number or three, got {v}")))?,
             }
         }
-        if p.std.iter().any(|&s| s == 0.0) {
+        if p.std.contains(&0.0) {
             return Err(bad("image_std must be non-zero".into()));
         }
         Ok(p)

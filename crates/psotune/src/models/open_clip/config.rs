@@ -52,8 +52,10 @@ pub struct OpenClipPreprocess {
     pub resize_mode: String,
 }
 
-/// OpenAI CLIP's normalisation, open_clip's default (`OPENAI_DATASET_MEAN/STD`).
+/// OpenAI CLIP's normalisation, open_clip's default (`OPENAI_DATASET_MEAN/STD`),
+/// written as published (f32 rounds the last digits).
 pub const OPENAI_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 impl Default for OpenClipPreprocess {
