@@ -250,3 +250,34 @@ fn broken_inputs_are_typed_errors_naming_what_is_wrong() {
     let msg = AestheticScorer::load(&bad, &dir().join("clip-vit"), &dev).err().unwrap().to_string();
     assert!(msg.contains("layers.0.weight takes 12 features, expected 16"), "{msg}");
 }
+
+/// With real converted checkpoints (tools/README.md, "Converting the
+/// official reward checkpoints") under `$PSOTUNE_REWARD_MODELS` as
+/// `clip-vit-l-14/`, `pickscore/`, `hpsv2/`, `aesthetic-v2.safetensors`:
+/// every scorer loads strictly and gives finite scores. Run with
+/// `cargo test -p psotune --test reward_parity -- --ignored`.
+#[test]
+#[ignore = "needs the real reward checkpoints"]
+fn real_checkpoints_load_and_score() {
+    let Some(root) = std::env::var_os("PSOTUNE_REWARD_MODELS").map(PathBuf::from) else {
+        panic!("set PSOTUNE_REWARD_MODELS to the folder of converted reward checkpoints");
+    };
+    let x = image_tensor("wide.png");
+    let p = vec!["a colourful gradient".to_string()];
+    let clip = root.join("clip-vit-l-14");
+    for (kind, path, aux) in [
+        (NativeReward::ClipScore, clip.clone(), None),
+        (NativeReward::PickScore, root.join("pickscore"), None),
+        (NativeReward::HpsV2, root.join("hpsv2"), None),
+        (NativeReward::Aesthetic, root.join("aesthetic-v2.safetensors"), Some(clip.clone())),
+    ] {
+        if !path.exists() {
+            println!("{kind}: {} not there, skipped", path.display());
+            continue;
+        }
+        let mut r = load_native_reward(kind, &path, aux.as_deref(), &Device::Cpu).unwrap();
+        let s = r.score(&x, &p).unwrap();
+        println!("{kind}: {s:?}");
+        assert!(s[0].is_finite());
+    }
+}
