@@ -5,5 +5,6 @@
 pub mod blocks;
 pub mod clip;
 pub mod evaluator;
+pub mod open_clip;
 pub mod unet;
 pub mod vae;

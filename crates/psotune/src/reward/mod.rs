@@ -23,3 +23,21 @@ pub trait Reward {
     /// Returns `N` finite scores; higher is better.
     fn score(&mut self, images: &Tensor, prompts: &[String]) -> Result<Vec<f32>>;
 }
+
+// Native CLIP-family scorers (CLIP score, PickScore, HPSv2, LAION
+// aesthetic), loaded from local files.
+mod aesthetic;
+mod clip_score;
+mod hpsv2;
+mod image_text;
+mod native;
+mod pickscore;
+pub mod preprocess;
+pub mod resample;
+
+pub use aesthetic::{AestheticHead, AestheticScorer};
+pub use clip_score::load_clip_score;
+pub use hpsv2::load_hpsv2;
+pub use image_text::{DualEncoder, ImageTextScorer, ScoreRule};
+pub use native::{load_native_reward, NativeReward};
+pub use pickscore::load_pickscore;

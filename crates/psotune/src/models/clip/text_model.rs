@@ -67,7 +67,8 @@ impl ClipTextEmbeddings {
     }
 }
 
-/// `CLIPAttention` with the text model's causal mask.
+/// `CLIPAttention`: multi-head self-attention, causal in the text tower,
+/// unmasked in the vision tower.
 #[derive(Debug, Clone)]
 pub struct ClipAttention {
     pub q_proj: Linear,
@@ -91,8 +92,9 @@ impl ClipAttention {
         })
     }
 
-    /// x [B, L, D]; `mask` [L, L] is added to the scores (0 or -inf).
-    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// x [B, L, D]; `mask` [L, L] is added to the scores (0 or -inf): the
+    /// text tower's causal mask, `None` for the vision tower.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
         let (h, hd) = (self.num_heads, self.head_dim);
         let heads = |t: Tensor| t.reshape((b, l, h, hd))?.transpose(1, 2)?.contiguous()?.reshape((b * h, l, hd));
@@ -100,7 +102,10 @@ impl ClipAttention {
         let k = heads(self.k_proj.forward(x)?)?;
         let v = heads(self.v_proj.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+            None => scores,
+        };
         // Like transformers' eager path, the softmax runs in f32 for half
         // precision (ops::softmax_last_dim upcasts).
         let probs = ops::softmax_last_dim(&scores)?;
@@ -158,7 +163,7 @@ impl ClipEncoderLayer {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?)?;
         &x + self.mlp.forward(&self.layer_norm2.forward(&x)?)?
     }
@@ -271,13 +276,13 @@ impl ClipTextModel {
         let layers = &self.text_model.encoder.layers;
         let n = layers.len();
         for layer in &layers[..n.saturating_sub(1)] {
-            h = layer.forward(&h, &mask)?;
+            h = layer.forward(&h, Some(&mask))?;
         }
         if stop_early {
             return Ok((h, None));
         }
         let last = match layers.last() {
-            Some(layer) => layer.forward(&h, &mask)?,
+            Some(layer) => layer.forward(&h, Some(&mask))?,
             None => h.clone(),
         };
         Ok((h, Some(last)))
@@ -333,7 +338,7 @@ impl ClipTextModel {
 /// [L, L]: 0 on and below the diagonal, -inf above (a token sees only itself
 /// and earlier tokens). The diagonal keeps every row's max finite, so the
 /// softmax never divides by zero.
-fn causal_mask(len: usize, device: &candle_core::Device) -> Result<Tensor> {
+pub(crate) fn causal_mask(len: usize, device: &candle_core::Device) -> Result<Tensor> {
     let v: Vec<f32> = (0..len).flat_map(|i| (0..len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Tensor::from_vec(v, (len, len), device)
 }
@@ -520,7 +525,7 @@ mod tests {
                     names.iter().zip(&ts[1..]).map(|(k, t)| (k.trim_start_matches("encoder.layers.0.").to_string(), t.clone())).collect();
                 let w = Weights::from_tensors(map, "g", DType::F64, &dev);
                 let layer = ClipEncoderLayer::load(w.var_builder(), &cfg)?;
-                project(&layer.forward(&ts[0], &mask)?, 3)
+                project(&layer.forward(&ts[0], Some(&mask))?, 3)
             })
             .unwrap();
             assert!(err < 1e-5, "{act:?}: worst relative error {err}");

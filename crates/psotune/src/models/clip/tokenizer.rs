@@ -186,6 +186,19 @@ impl ClipTokenizer {
         }
     }
 
+    /// Pad to `max_length` with `pad_id` instead of what the folder says
+    /// (open_clip's tokenizer fills its context with zeros after the eot).
+    /// Only the layout changes: the folder's special tokens still tokenize as
+    /// it says.
+    pub fn with_padding(mut self, max_length: usize, pad_id: u32) -> Result<Self> {
+        if max_length < 2 {
+            return Err(Error::invalid(format!("a context of {max_length} tokens cannot hold bos and eos")));
+        }
+        self.max_length = max_length;
+        self.pad_id = pad_id;
+        Ok(self)
+    }
+
     pub fn max_length(&self) -> usize {
         self.max_length
     }
