@@ -153,12 +153,14 @@ fn training_process() {
     }
 }
 
-fn spawn(root: &Path, pause: Option<&str>) -> Child {
+fn spawn(root: &Path, pause: Option<&str>, threads: usize) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["training_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(RUN_DIR_ENV, root)
-        // Bit-exactness is promised for the same thread count.
-        .env("RAYON_NUM_THREADS", "1")
+        // Bit-exactness is promised for the same thread count (rayon's pool
+        // and candle's element-wise pool alike).
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("CANDLE_NUM_THREADS", threads.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     match pause {
@@ -177,7 +179,11 @@ fn printed(lines: &[String], marker: &str) -> bool {
 /// Run a training process; SIGKILL it when it prints `kill_at` (None: let it
 /// finish). Returns the lines it printed.
 fn run_child(root: &Path, pause: Option<&str>, kill_at: Option<&str>) -> Vec<String> {
-    let mut child = spawn(root, pause);
+    run_child_threads(root, pause, kill_at, 1)
+}
+
+fn run_child_threads(root: &Path, pause: Option<&str>, kill_at: Option<&str>, threads: usize) -> Vec<String> {
+    let mut child = spawn(root, pause, threads);
     let mut lines = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
@@ -242,15 +248,7 @@ fn sigkill_at_any_point_resumes_to_bit_identical_weights() {
     assert!(printed(&lines, "RESUMED 9"), "{lines:?}");
     eprintln!("whole test: {:?}", t0.elapsed());
 
-    assert_eq!(ckpt_names(&root), ckpt_names(&reference));
-    assert_eq!(ckpt_names(&root), vec!["step-000009", "step-000012"]);
-    for ck in ["step-000009", "step-000012"] {
-        for f in ["weights.safetensors", "optimizer.safetensors", "state.json"] {
-            let a = std::fs::read(reference.join("checkpoints").join(ck).join(f)).unwrap();
-            let b = std::fs::read(root.join("checkpoints").join(ck).join(f)).unwrap();
-            assert!(a == b, "{ck}/{f} differs between the uninterrupted and the killed-and-resumed run");
-        }
-    }
+    assert_same_checkpoints(&reference, &root);
     // The comparison is not vacuous: training moved the weights.
     let w = psotune::nn::weights::read_safetensors(&reference.join("checkpoints/step-000012/weights.safetensors")).unwrap();
     let base = psotune::nn::weights::read_safetensors(&fixtures().join("sd21-tiny/unet/diffusion_pytorch_model.safetensors")).unwrap();
@@ -261,6 +259,37 @@ fn sigkill_at_any_point_resumes_to_bit_identical_weights() {
         d.to_scalar::<f32>().unwrap() > 0.0
     });
     assert!(moved.count() > w.len() / 2);
+    let _ = std::fs::remove_dir_all(&reference);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn assert_same_checkpoints(reference: &Path, root: &Path) {
+    assert_eq!(ckpt_names(root), ckpt_names(reference));
+    assert_eq!(ckpt_names(root), vec!["step-000009", "step-000012"]);
+    for ck in ["step-000009", "step-000012"] {
+        for f in ["weights.safetensors", "optimizer.safetensors", "state.json"] {
+            let a = std::fs::read(reference.join("checkpoints").join(ck).join(f)).unwrap();
+            let b = std::fs::read(root.join("checkpoints").join(ck).join(f)).unwrap();
+            assert!(a == b, "{ck}/{f} differs between the uninterrupted and the killed-and-resumed run");
+        }
+    }
+}
+
+/// The same promise with 2 threads in both pools: every reduction whose
+/// split could follow rayon's work stealing (conv weight gradients, bias
+/// and norm parameter gradients) is cut into fixed pieces added in order,
+/// so two runs with the same thread count agree bit for bit.
+#[test]
+fn sigkill_with_two_threads_resumes_to_bit_identical_weights() {
+    let reference = tempdir("reference-2t");
+    run_child_threads(&reference, None, None, 2);
+    let root = tempdir("killed-2t");
+    run_child_threads(&root, None, Some("STEP 5"), 2);
+    let lines = run_child_threads(&root, Some("9:removing"), Some("PAUSED"), 2);
+    assert!(printed(&lines, "RESUMED 3"), "{lines:?}");
+    let lines = run_child_threads(&root, None, None, 2);
+    assert!(printed(&lines, "RESUMED 9"), "{lines:?}");
+    assert_same_checkpoints(&reference, &root);
     let _ = std::fs::remove_dir_all(&reference);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -6,6 +6,7 @@ mod bpe;
 mod config;
 mod text_model;
 mod tokenizer;
+mod visit;
 
 pub use bpe::bytes_to_unicode;
 pub use config::{ClipActivation, ClipTextConfig};
@@ -14,3 +15,4 @@ pub use text_model::{
     Embedding,
 };
 pub use tokenizer::{ClipTokenizer, DEFAULT_MAX_LENGTH};
+pub use visit::{canonical_path, text_encoder_targets};
