@@ -31,6 +31,9 @@ const RUN_DIR_ENV: &str = "PSOTUNE_RESUME_RUN_DIR";
 /// child prints `PAUSED` at that point of that checkpoint write and waits to
 /// be killed.
 const PAUSE_ENV: &str = "PSOTUNE_RESUME_PAUSE";
+/// Images per micro-batch (default 1): the 2-thread case uses 2, so that
+/// reductions over the batch (conv weight gradients) are split across threads.
+const BATCH_ENV: &str = "PSOTUNE_RESUME_BATCH";
 
 const STEPS: u64 = 12;
 const EVERY: u64 = 3;
@@ -76,7 +79,8 @@ fn train(root: &Path) -> psotune::Result<()> {
     weights.finish()?;
     let schedule = NoiseSchedule::from_config(&SchedulerConfig::from_file(fixtures().join("sd21-tiny/scheduler/scheduler_config.json"))?)?;
 
-    let config_text = format!("steps = {STEPS}\nevery = {EVERY}\nkeep = {KEEP}\nmicro_batches = {MICRO_BATCHES}\n");
+    let batch: u64 = std::env::var(BATCH_ENV).ok().and_then(|b| b.parse().ok()).unwrap_or(1);
+    let config_text = format!("steps = {STEPS}\nevery = {EVERY}\nkeep = {KEEP}\nmicro_batches = {MICRO_BATCHES}\nbatch = {batch}\n");
     let mut run = RunDir::open(root, &config_text)?.keep_last(KEEP);
     if let Ok(pause) = std::env::var(PAUSE_ENV) {
         run.set_write_hook(move |step, stage| {
@@ -109,17 +113,22 @@ fn train(root: &Path) -> psotune::Result<()> {
     while step < STEPS {
         let mut acc = GradAccumulator::new();
         for _ in 0..MICRO_BATCHES {
-            // 1. Batch: item `cursor` of a seeded synthetic dataset.
-            let item = cursor % DATASET;
-            cursor += 1;
-            let x0 = psotune::diffusion::randn((1, 4, 8, 8), 100 + item, DType::F32, &dev)?;
-            let ctx = psotune::diffusion::randn((1, 6, 32), 200 + item, DType::F32, &dev)?;
-            // 2. Noise and timestep.
-            let t = t_rng.random_range(0..1000u32) as f64;
-            let eps = noise.randn((1, 4, 8, 8), DType::F32, &dev)?;
-            let xt = schedule.add_noise(&x0, &eps, &[t])?;
+            // 1. Batch: items `cursor..cursor + batch` of a seeded synthetic dataset.
+            let (mut x0, mut ctx) = (Vec::new(), Vec::new());
+            for _ in 0..batch {
+                let item = cursor % DATASET;
+                cursor += 1;
+                x0.push(psotune::diffusion::randn((1, 4, 8, 8), 100 + item, DType::F32, &dev)?);
+                ctx.push(psotune::diffusion::randn((1, 6, 32), 200 + item, DType::F32, &dev)?);
+            }
+            let (x0, ctx) = (Tensor::cat(&x0, 0)?, Tensor::cat(&ctx, 0)?);
+            // 2. Noise and timesteps.
+            let t: Vec<f64> = (0..batch).map(|_| t_rng.random_range(0..1000u32) as f64).collect();
+            let eps = noise.randn(x0.shape(), DType::F32, &dev)?;
+            let xt = schedule.add_noise(&x0, &eps, &t)?;
             // 3. Prediction, loss, backward.
-            let pred = unet.forward(&xt, &Tensor::new(&[t as f32], &dev)?, &ctx, None)?;
+            let tt = Tensor::new(t.iter().map(|v| *v as f32).collect::<Vec<_>>(), &dev)?;
+            let pred = unet.forward(&xt, &tt, &ctx, None)?;
             let loss = (pred - &eps)?.sqr()?.mean_all()?;
             acc.add_store(&loss.backward()?, opt.params())?;
         }
@@ -161,6 +170,7 @@ fn spawn(root: &Path, pause: Option<&str>, threads: usize) -> Child {
         // and candle's element-wise pool alike).
         .env("RAYON_NUM_THREADS", threads.to_string())
         .env("CANDLE_NUM_THREADS", threads.to_string())
+        .env(BATCH_ENV, threads.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     match pause {
@@ -275,7 +285,8 @@ fn assert_same_checkpoints(reference: &Path, root: &Path) {
     }
 }
 
-/// The same promise with 2 threads in both pools: every reduction whose
+/// The same promise with 2 threads in both pools and 2 images per
+/// micro-batch: every reduction whose
 /// split could follow rayon's work stealing (conv weight gradients, bias
 /// and norm parameter gradients) is cut into fixed pieces added in order,
 /// so two runs with the same thread count agree bit for bit.
