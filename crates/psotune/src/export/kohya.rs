@@ -231,6 +231,9 @@ pub fn read_kohya(path: &Path, tensors: &HashMap<String, Tensor>, unet: &mut UNe
         };
         let a = &tensors[k];
         let b = tensors.get(&format!("{name}.lora_up.weight")).ok_or_else(|| bad(format!("{k} has no lora_up")))?;
+        if a.rank() < 2 || b.rank() < 2 {
+            return Err(bad(format!("{name}: lora_down {:?} / lora_up {:?} are not matrices", a.dims(), b.dims())));
+        }
         let rank = a.dim(0)?;
         let alpha = match tensors.get(&format!("{name}.alpha")) {
             Some(t) => t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.first().copied().unwrap_or(rank as f64),

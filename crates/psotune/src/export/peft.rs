@@ -181,6 +181,9 @@ pub fn read_peft(path: &Path, tensors: &HashMap<String, Tensor>, metadata: Optio
         let (Some(a), Some(b)) = (a, b) else {
             return Err(bad(format!("{component} module {m} has only one of lora_A / lora_B")));
         };
+        if a.rank() < 2 || b.rank() < 2 {
+            return Err(bad(format!("{component} module {m}: lora_A {:?} / lora_B {:?} are not matrices", a.dims(), b.dims())));
+        }
         let rank = a.dim(0)?;
         let alpha = alphas
             .get(&(component, m.clone()))

@@ -102,7 +102,7 @@ fn foreign_keys_are_errors() {
     let mut unet = tiny_unet(false, true);
     let lora = apply_lora(&mut unet, &LoraConfig::new(1, 1.0, LoraTargets::preset(TargetPreset::Attn))).unwrap();
     let mut tensors = to_kohya_tensors(&lora.weights(), &UNetLayout::of(&unet), KohyaNames::Diffusers).unwrap();
-    let t = tensors.values().next().unwrap().clone();
+    let t = tensors.iter().find(|(k, _)| k.ends_with(".lora_down.weight")).unwrap().1.clone();
     tensors.insert("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight".into(), t.clone());
     tensors.insert("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(), t);
     let path = dir.join("te.safetensors");
