@@ -48,11 +48,14 @@ pub struct ParquetPairs {
 /// Which image `label_0` prefers: Some(true) image 0, Some(false) image 1,
 /// None for a tie. Pick-a-Pic stores exactly 1.0, 0.0 or 0.5.
 pub fn preferred_first(label_0: f64) -> std::result::Result<Option<bool>, String> {
-    match label_0 {
-        l if l == 1.0 => Ok(Some(true)),
-        l if l == 0.0 => Ok(Some(false)),
-        l if l == 0.5 => Ok(None),
-        l => Err(format!("label_0 is {l}; expected 1.0 (image 0 preferred), 0.0 (image 1) or 0.5 (a tie)")),
+    if label_0 == 1.0 {
+        Ok(Some(true))
+    } else if label_0 == 0.0 {
+        Ok(Some(false))
+    } else if label_0 == 0.5 {
+        Ok(None)
+    } else {
+        Err(format!("label_0 is {label_0}; expected 1.0 (image 0 preferred), 0.0 (image 1) or 0.5 (a tie)"))
     }
 }
 

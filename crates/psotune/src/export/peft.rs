@@ -157,7 +157,8 @@ pub fn read_peft(path: &Path, tensors: &HashMap<String, Tensor>, metadata: Optio
     };
 
     // (component, module path) -> lora_A, lora_B
-    let mut parts: BTreeMap<(&'static str, String), (Option<&Tensor>, Option<&Tensor>)> = BTreeMap::new();
+    type Factors<'a> = (Option<&'a Tensor>, Option<&'a Tensor>);
+    let mut parts: BTreeMap<(&'static str, String), Factors<'_>> = BTreeMap::new();
     let mut alphas: HashMap<(&'static str, String), f64> = HashMap::new();
     let mut foreign = Vec::new();
     for (k, t) in tensors {
