@@ -192,3 +192,31 @@ fn te_lora_made_by_diffusers_loads_with_the_same_outputs() {
         check_against(name, &format!("{name}.te.diffusers-made.safetensors"), &format!("{name}.te.diffusers-made"), &o);
     }
 }
+
+#[test]
+fn merged_text_encoders_match_the_adapters() {
+    use psotune::export::{save_merged_text_encoder, split_components, TEXT_ENCODERS};
+    use psotune::models::clip::{ClipTextConfig, ClipTextModel};
+    use psotune::nn::Weights;
+    for name in MODELS {
+        let mut pipe = pipeline(name);
+        let set = seeded_lora(&mut pipe);
+        let (_, te) = split_components(&set.weights());
+        let g = read_safetensors(&fixtures().join("golden").join(format!("{name}.safetensors"))).unwrap();
+        for (i, enc) in pipe.text_encoders.iter().enumerate() {
+            let out = tmp("merged").join(name).join(TEXT_ENCODERS[i]);
+            save_merged_text_encoder(&fixtures().join(name).join(TEXT_ENCODERS[i]), &te[i], 1.0, &out).unwrap();
+            let cfg = ClipTextConfig::from_file(out.join("config.json")).unwrap();
+            let w = Weights::from_files(&[out.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();
+            let merged = ClipTextModel::load(w.var_builder(), &cfg, cfg.has_projection()).unwrap();
+            w.finish().unwrap();
+            let ids = &g[if i == 0 { "prompt.input_ids" } else { "prompt.input_ids_2" }];
+            let (a, b) = (enc.model.forward(ids).unwrap(), merged.forward(ids).unwrap());
+            let d = max_abs_diff(&a.last_hidden_state, &b.last_hidden_state).max(max_abs_diff(&a.pooled, &b.pooled));
+            println!("{name} {} merged: max |diff| {d:e}", TEXT_ENCODERS[i]);
+            assert!(d < 1e-5, "{name} {}: {d}", TEXT_ENCODERS[i]);
+            let base = pipeline(name);
+            assert!(max_abs_diff(&base.text_encoders[i].model.forward(ids).unwrap().last_hidden_state, &b.last_hidden_state) > 1e-3);
+        }
+    }
+}
