@@ -239,3 +239,71 @@ fn bad_data_fails_with_file_and_line_before_training() {
     assert!(!ok && err.contains("bad.toml") && err.contains("learning-rate"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pickapic_parquet_pairs_run() {
+    let dir = tmp("pickapic");
+    let parquet = fixtures().join("pickapic/tiny.parquet");
+    let data = format!("[data]\nkind = \"pairs\"\nmanifest = {parquet:?}\n");
+    let cfg = write(&dir.join("pickapic.toml"), &config("sd21-tiny", "pso", &data, 2));
+    let run = dir.join("run");
+    let (ok, out, err) = psotune(&["tune", &cfg, "--out", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("trained 2 steps"), "{out}");
+    let m = metrics(&run);
+    assert_eq!(m.len(), 2);
+    assert!((m[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{:?}", m[0]);
+    // Validation rows: the two distinct captions of the 4 decided rows.
+    assert_eq!(image::image_dimensions(run.join("samples/step-000002.png")).unwrap(), (32, 32));
+    // The explicit key reads a parquet file whatever its name; a bad JPEG
+    // stops the run before training, naming file, row and column.
+    let bad = dir.join("bad.data");
+    std::fs::copy(fixtures().join("pickapic/bad-jpeg.parquet"), &bad).unwrap();
+    let data = format!("[data]\nkind = \"pairs\"\nmanifest = {bad:?}\nformat = \"parquet\"\n");
+    let cfg = write(&dir.join("bad.toml"), &config("sd21-tiny", "pso", &data, 2));
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("run-bad").to_str().unwrap()]);
+    assert!(!ok && err.contains("bad.data") && err.contains("row 1, column `jpg_1`"), "{err}");
+    assert!(!dir.join("run-bad/metrics.jsonl").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn text_encoder_lora_trains_exports_and_samples() {
+    let dir = tmp("te-lora");
+    let cfg = write(&dir.join("te.toml"), &config("sdxl-tiny", "pso", &style_section(&style_data(&dir)), 2));
+    let run = dir.join("run");
+    let sets = ["--set", "lora.text-encoder=true", "--set", "lora.text-encoder-rank=3", "--set", "validation.prompts=[\"a cat\"]"];
+    let mut args = vec!["tune", cfg.as_str(), "--out", run.to_str().unwrap()];
+    args.extend(sets);
+    let (ok, _, err) = psotune(&args);
+    assert!(ok, "{err}");
+    // Adapters start at zero: step 1 is log 2 even with the embeddings in the graph.
+    let m = metrics(&run);
+    assert!((m[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{:?}", m[0]);
+    let w = psotune::nn::weights::read_safetensors(&run.join("checkpoints/step-000002/weights.safetensors")).unwrap();
+    let te_a = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight";
+    assert_eq!(w[te_a].dims(), [3, 32]);
+    assert!(w.contains_key("text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight"));
+    // Training moved the text-encoder adapters.
+    let b = &w["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight"];
+    assert!(b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+
+    for (format, file, key) in [
+        ("diffusers", "te.safetensors", "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight"),
+        ("kohya", "te-kohya.safetensors", "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight"),
+    ] {
+        let out_file = dir.join(file);
+        let (ok, _, err) = psotune(&["export", run.to_str().unwrap(), "--format", format, "--out", out_file.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        assert!(psotune::nn::weights::read_safetensors(&out_file).unwrap().contains_key(key), "{format}");
+        let (ok, _, err) = psotune(&["sample", "--model", fixtures().join("sdxl-tiny").to_str().unwrap(), "--lora", out_file.to_str().unwrap(), "--prompt", "a cat", "--out", dir.join(format).to_str().unwrap()]);
+        assert!(ok, "{format}: {err}");
+    }
+    let merged = dir.join("merged");
+    let (ok, _, err) = psotune(&["export", run.to_str().unwrap(), "--format", "merged", "--out", merged.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for f in ["diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "text_encoder/config.json", "text_encoder_2/model.safetensors"] {
+        assert!(merged.join(f).is_file(), "missing {f}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,6 +31,9 @@ const RUN_DIR_ENV: &str = "PSOTUNE_RESUME_RUN_DIR";
 /// child prints `PAUSED` at that point of that checkpoint write and waits to
 /// be killed.
 const PAUSE_ENV: &str = "PSOTUNE_RESUME_PAUSE";
+/// Images per micro-batch (default 1): the 2-thread case uses 2, so that
+/// reductions over the batch (conv weight gradients) are split across threads.
+const BATCH_ENV: &str = "PSOTUNE_RESUME_BATCH";
 
 const STEPS: u64 = 12;
 const EVERY: u64 = 3;
@@ -76,7 +79,8 @@ fn train(root: &Path) -> psotune::Result<()> {
     weights.finish()?;
     let schedule = NoiseSchedule::from_config(&SchedulerConfig::from_file(fixtures().join("sd21-tiny/scheduler/scheduler_config.json"))?)?;
 
-    let config_text = format!("steps = {STEPS}\nevery = {EVERY}\nkeep = {KEEP}\nmicro_batches = {MICRO_BATCHES}\n");
+    let batch: u64 = std::env::var(BATCH_ENV).ok().and_then(|b| b.parse().ok()).unwrap_or(1);
+    let config_text = format!("steps = {STEPS}\nevery = {EVERY}\nkeep = {KEEP}\nmicro_batches = {MICRO_BATCHES}\nbatch = {batch}\n");
     let mut run = RunDir::open(root, &config_text)?.keep_last(KEEP);
     if let Ok(pause) = std::env::var(PAUSE_ENV) {
         run.set_write_hook(move |step, stage| {
@@ -109,17 +113,22 @@ fn train(root: &Path) -> psotune::Result<()> {
     while step < STEPS {
         let mut acc = GradAccumulator::new();
         for _ in 0..MICRO_BATCHES {
-            // 1. Batch: item `cursor` of a seeded synthetic dataset.
-            let item = cursor % DATASET;
-            cursor += 1;
-            let x0 = psotune::diffusion::randn((1, 4, 8, 8), 100 + item, DType::F32, &dev)?;
-            let ctx = psotune::diffusion::randn((1, 6, 32), 200 + item, DType::F32, &dev)?;
-            // 2. Noise and timestep.
-            let t = t_rng.random_range(0..1000u32) as f64;
-            let eps = noise.randn((1, 4, 8, 8), DType::F32, &dev)?;
-            let xt = schedule.add_noise(&x0, &eps, &[t])?;
+            // 1. Batch: items `cursor..cursor + batch` of a seeded synthetic dataset.
+            let (mut x0, mut ctx) = (Vec::new(), Vec::new());
+            for _ in 0..batch {
+                let item = cursor % DATASET;
+                cursor += 1;
+                x0.push(psotune::diffusion::randn((1, 4, 8, 8), 100 + item, DType::F32, &dev)?);
+                ctx.push(psotune::diffusion::randn((1, 6, 32), 200 + item, DType::F32, &dev)?);
+            }
+            let (x0, ctx) = (Tensor::cat(&x0, 0)?, Tensor::cat(&ctx, 0)?);
+            // 2. Noise and timesteps.
+            let t: Vec<f64> = (0..batch).map(|_| t_rng.random_range(0..1000u32) as f64).collect();
+            let eps = noise.randn(x0.shape(), DType::F32, &dev)?;
+            let xt = schedule.add_noise(&x0, &eps, &t)?;
             // 3. Prediction, loss, backward.
-            let pred = unet.forward(&xt, &Tensor::new(&[t as f32], &dev)?, &ctx, None)?;
+            let tt = Tensor::new(t.iter().map(|v| *v as f32).collect::<Vec<_>>(), &dev)?;
+            let pred = unet.forward(&xt, &tt, &ctx, None)?;
             let loss = (pred - &eps)?.sqr()?.mean_all()?;
             acc.add_store(&loss.backward()?, opt.params())?;
         }
@@ -153,12 +162,15 @@ fn training_process() {
     }
 }
 
-fn spawn(root: &Path, pause: Option<&str>) -> Child {
+fn spawn(root: &Path, pause: Option<&str>, threads: usize) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["training_process", "--exact", "--nocapture", "--test-threads=1"])
         .env(RUN_DIR_ENV, root)
-        // Bit-exactness is promised for the same thread count.
-        .env("RAYON_NUM_THREADS", "1")
+        // Bit-exactness is promised for the same thread count (rayon's pool
+        // and candle's element-wise pool alike).
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("CANDLE_NUM_THREADS", threads.to_string())
+        .env(BATCH_ENV, threads.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     match pause {
@@ -177,7 +189,11 @@ fn printed(lines: &[String], marker: &str) -> bool {
 /// Run a training process; SIGKILL it when it prints `kill_at` (None: let it
 /// finish). Returns the lines it printed.
 fn run_child(root: &Path, pause: Option<&str>, kill_at: Option<&str>) -> Vec<String> {
-    let mut child = spawn(root, pause);
+    run_child_threads(root, pause, kill_at, 1)
+}
+
+fn run_child_threads(root: &Path, pause: Option<&str>, kill_at: Option<&str>, threads: usize) -> Vec<String> {
+    let mut child = spawn(root, pause, threads);
     let mut lines = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
@@ -242,15 +258,7 @@ fn sigkill_at_any_point_resumes_to_bit_identical_weights() {
     assert!(printed(&lines, "RESUMED 9"), "{lines:?}");
     eprintln!("whole test: {:?}", t0.elapsed());
 
-    assert_eq!(ckpt_names(&root), ckpt_names(&reference));
-    assert_eq!(ckpt_names(&root), vec!["step-000009", "step-000012"]);
-    for ck in ["step-000009", "step-000012"] {
-        for f in ["weights.safetensors", "optimizer.safetensors", "state.json"] {
-            let a = std::fs::read(reference.join("checkpoints").join(ck).join(f)).unwrap();
-            let b = std::fs::read(root.join("checkpoints").join(ck).join(f)).unwrap();
-            assert!(a == b, "{ck}/{f} differs between the uninterrupted and the killed-and-resumed run");
-        }
-    }
+    assert_same_checkpoints(&reference, &root);
     // The comparison is not vacuous: training moved the weights.
     let w = psotune::nn::weights::read_safetensors(&reference.join("checkpoints/step-000012/weights.safetensors")).unwrap();
     let base = psotune::nn::weights::read_safetensors(&fixtures().join("sd21-tiny/unet/diffusion_pytorch_model.safetensors")).unwrap();
@@ -261,6 +269,38 @@ fn sigkill_at_any_point_resumes_to_bit_identical_weights() {
         d.to_scalar::<f32>().unwrap() > 0.0
     });
     assert!(moved.count() > w.len() / 2);
+    let _ = std::fs::remove_dir_all(&reference);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn assert_same_checkpoints(reference: &Path, root: &Path) {
+    assert_eq!(ckpt_names(root), ckpt_names(reference));
+    assert_eq!(ckpt_names(root), vec!["step-000009", "step-000012"]);
+    for ck in ["step-000009", "step-000012"] {
+        for f in ["weights.safetensors", "optimizer.safetensors", "state.json"] {
+            let a = std::fs::read(reference.join("checkpoints").join(ck).join(f)).unwrap();
+            let b = std::fs::read(root.join("checkpoints").join(ck).join(f)).unwrap();
+            assert!(a == b, "{ck}/{f} differs between the uninterrupted and the killed-and-resumed run");
+        }
+    }
+}
+
+/// The same promise with 2 threads in both pools and 2 images per
+/// micro-batch: every reduction whose
+/// split could follow rayon's work stealing (conv weight gradients, bias
+/// and norm parameter gradients) is cut into fixed pieces added in order,
+/// so two runs with the same thread count agree bit for bit.
+#[test]
+fn sigkill_with_two_threads_resumes_to_bit_identical_weights() {
+    let reference = tempdir("reference-2t");
+    run_child_threads(&reference, None, None, 2);
+    let root = tempdir("killed-2t");
+    run_child_threads(&root, None, Some("STEP 5"), 2);
+    let lines = run_child_threads(&root, Some("9:removing"), Some("PAUSED"), 2);
+    assert!(printed(&lines, "RESUMED 3"), "{lines:?}");
+    let lines = run_child_threads(&root, None, None, 2);
+    assert!(printed(&lines, "RESUMED 9"), "{lines:?}");
+    assert_same_checkpoints(&reference, &root);
     let _ = std::fs::remove_dir_all(&reference);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -12,7 +12,9 @@
 //! `loaders/lora_conversion_utils.py`) undoes; ComfyUI (`comfy/lora.py`
 //! `model_lora_keys_unet`) accepts both spellings for both families, A1111
 //! (`extensions-builtin/Lora/networks.py`) maps diffusers names to LDM ones.
-//! Reading accepts both spellings for any UNet.
+//! Reading accepts both spellings for any UNet. Text-encoder adapters are
+//! `lora_te_` (SD) or `lora_te1_` / `lora_te2_` (SDXL) plus the
+//! transformers 4 module name.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,6 +25,7 @@ use super::st::write_with_metadata;
 use crate::error::{Error, Result};
 use crate::models::unet::UNet2DConditionModel;
 use crate::nn::modules::layer_paths;
+use super::components::{text_encoder_of, TEXT_ENCODERS};
 use crate::nn::LoraWeights;
 
 /// Which module names a kohya file uses.
@@ -116,8 +119,23 @@ pub fn ldm_path(path: &str, layout: &UNetLayout) -> Option<String> {
     })
 }
 
-/// `lora_unet_<name>` for a diffusers module path.
+/// sd-scripts' prefix for text encoder `index`: `lora_te` for SD's only
+/// encoder, `lora_te1` / `lora_te2` for SDXL's two.
+fn te_prefix(index: usize, sdxl: bool) -> String {
+    if sdxl {
+        format!("lora_te{}", index + 1)
+    } else {
+        "lora_te".to_string()
+    }
+}
+
+/// `lora_unet_<name>` for a diffusers module path; `lora_te[12]_<name>`
+/// for a `text_encoder[_2].` path (transformers 4 module names, dots as
+/// underscores: `lora_te_text_model_encoder_layers_0_self_attn_q_proj`).
 pub fn kohya_name(path: &str, layout: &UNetLayout, names: KohyaNames) -> Option<String> {
+    if let Some((i, rest)) = text_encoder_of(path) {
+        return Some(format!("{}_{}", te_prefix(i, layout.sdxl), rest.replace('.', "_")));
+    }
     let name = match names {
         KohyaNames::Diffusers => path.to_string(),
         KohyaNames::Ldm => ldm_path(path, layout)?,
@@ -152,9 +170,28 @@ pub fn save_kohya(path: &Path, weights: &[LoraWeights], layout: &UNetLayout, nam
     write_with_metadata(path, &tensors, Some(meta))
 }
 
-/// Adapters of a kohya file, for `unet`'s modules: every module name is
-/// looked up under both spellings; unknown names and text-encoder
-/// adapters are errors naming the keys.
+/// The CLIP module path of a kohya text-encoder name (after `lora_te*_`):
+/// `text_model_encoder_layers_3_self_attn_q_proj` ->
+/// `text_model.encoder.layers.3.self_attn.q_proj`; also `text_projection`.
+fn te_module_path(name: &str) -> Option<String> {
+    if name == "text_projection" {
+        return Some(name.into());
+    }
+    let rest = name.strip_prefix("text_model_encoder_layers_")?;
+    let (i, leaf) = rest.split_once('_')?;
+    i.parse::<usize>().ok()?;
+    let leaf = match leaf {
+        "self_attn_q_proj" | "self_attn_k_proj" | "self_attn_v_proj" | "self_attn_out_proj" => format!("self_attn.{}", &leaf["self_attn_".len()..]),
+        "mlp_fc1" | "mlp_fc2" => format!("mlp.{}", &leaf["mlp_".len()..]),
+        _ => return None,
+    };
+    Some(format!("text_model.encoder.layers.{i}.{leaf}"))
+}
+
+/// Adapters of a kohya file: UNet module names looked up under both
+/// spellings among `unet`'s modules, text-encoder names (`lora_te_`,
+/// `lora_te1_`, `lora_te2_`) mapped to `text_encoder[_2].` paths;
+/// unknown names are errors naming the keys.
 pub fn read_kohya(path: &Path, tensors: &HashMap<String, Tensor>, unet: &mut UNet2DConditionModel) -> Result<Vec<LoraWeights>> {
     let bad = |msg: String| super::lora_error(path, msg);
     let layout = UNetLayout::of(unet);
@@ -166,6 +203,16 @@ pub fn read_kohya(path: &Path, tensors: &HashMap<String, Tensor>, unet: &mut UNe
             }
         }
     }
+    let te_path = |name: &str| -> Option<String> {
+        let (i, rest) = if let Some(r) = name.strip_prefix("lora_te1_") {
+            (0, r)
+        } else if let Some(r) = name.strip_prefix("lora_te2_") {
+            (1, r)
+        } else {
+            (0, name.strip_prefix("lora_te_")?)
+        };
+        te_module_path(rest).map(|p| format!("{}.{p}", TEXT_ENCODERS[i]))
+    };
     let mut out = Vec::new();
     let mut unknown = Vec::new();
     let mut names: Vec<&String> = tensors.keys().collect();
@@ -178,12 +225,15 @@ pub fn read_kohya(path: &Path, tensors: &HashMap<String, Tensor>, unet: &mut UNe
             }
             continue;
         };
-        let Some(module) = lookup.get(name) else {
+        let Some(module) = lookup.get(name).cloned().or_else(|| te_path(name)) else {
             unknown.push(k.clone());
             continue;
         };
         let a = &tensors[k];
         let b = tensors.get(&format!("{name}.lora_up.weight")).ok_or_else(|| bad(format!("{k} has no lora_up")))?;
+        if a.rank() < 2 || b.rank() < 2 {
+            return Err(bad(format!("{name}: lora_down {:?} / lora_up {:?} are not matrices", a.dims(), b.dims())));
+        }
         let rank = a.dim(0)?;
         let alpha = match tensors.get(&format!("{name}.alpha")) {
             Some(t) => t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?.first().copied().unwrap_or(rank as f64),
@@ -192,9 +242,7 @@ pub fn read_kohya(path: &Path, tensors: &HashMap<String, Tensor>, unet: &mut UNe
         out.push(LoraWeights { path: module.clone(), lora_a: a.clone(), lora_b: b.clone(), alpha });
     }
     if !unknown.is_empty() {
-        let te = unknown.iter().any(|k| k.starts_with("lora_te"));
-        let note = if te { " (text-encoder LoRA is not supported)" } else { "" };
-        return Err(bad(format!("{} keys match no UNet module{note}: {}", unknown.len(), unknown.join(", "))));
+        return Err(bad(format!("{} keys match no UNet or text-encoder module: {}", unknown.len(), unknown.join(", "))));
     }
     Ok(out)
 }

@@ -18,6 +18,18 @@ use crate::pipeline::folder::resolve_weights;
 /// `multiplier * alpha/r * B @ A` of every adapter to `<path>.weight`
 /// (computed in f32, stored in the file's dtype), and write `out_dir`.
 pub fn save_merged_unet(base_dir: &Path, lora: &[LoraWeights], multiplier: f64, overrides: &[(String, Tensor)], out_dir: &Path) -> Result<()> {
+    merge_folder(base_dir, lora, multiplier, overrides, out_dir, "diffusion_pytorch_model.safetensors")
+}
+
+/// A text encoder folder (`config.json` + `model.safetensors`) with
+/// `lora` (paths inside the encoder, `text_model.encoder...`) folded in.
+/// Checkpoints saved by transformers 5 have no `text_model.` level for
+/// `CLIPTextModel`; the key is looked up in both forms.
+pub fn save_merged_text_encoder(base_dir: &Path, lora: &[LoraWeights], multiplier: f64, out_dir: &Path) -> Result<()> {
+    merge_folder(base_dir, lora, multiplier, &[], out_dir, "model.safetensors")
+}
+
+fn merge_folder(base_dir: &Path, lora: &[LoraWeights], multiplier: f64, overrides: &[(String, Tensor)], out_dir: &Path, file_name: &str) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for f in resolve_weights(base_dir, None)? {
         tensors.extend(read_safetensors(&f)?);
@@ -33,7 +45,12 @@ pub fn save_merged_unet(base_dir: &Path, lora: &[LoraWeights], multiplier: f64, 
         tensors.insert(name.clone(), t);
     }
     for w in lora {
-        let key = format!("{}.weight", w.path);
+        let mut key = format!("{}.weight", w.path);
+        if !tensors.contains_key(&key) {
+            if let Some(short) = key.strip_prefix("text_model.").filter(|k| tensors.contains_key(*k)) {
+                key = short.to_string();
+            }
+        }
         let Some(base) = tensors.get(&key) else {
             return Err(Error::invalid(format!("LoRA module {} has no {key} in {}", w.path, base_dir.display())));
         };
@@ -46,5 +63,5 @@ pub fn save_merged_unet(base_dir: &Path, lora: &[LoraWeights], multiplier: f64, 
     std::fs::copy(&cfg, out_dir.join("config.json")).map_err(|e| Error::io(&cfg, e))?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    write_with_metadata(&out_dir.join("diffusion_pytorch_model.safetensors"), &tensors, Some(meta))
+    write_with_metadata(&out_dir.join(file_name), &tensors, Some(meta))
 }

@@ -1,13 +1,15 @@
 //! LoRA files other tools load, and loading them back: diffusers / PEFT
 //! (`pytorch_lora_weights.safetensors`, what `pipe.load_lora_weights`
 //! reads), kohya's format (what ComfyUI and A1111 read), and a merged full
-//! UNet in diffusers layout.
+//! UNet (and text encoders) in diffusers layout. Text-encoder adapters ride
+//! along in the same files (see `components`).
 //!
 //! ```text
 //! export::save_lora(&out, &lora.weights(), LoraFormat::Kohya, &UNetLayout::of(&unet))?;
 //! let lora = export::load_lora(&file, &mut unet, &LoraSwitch::new())?;   // either format
 //! ```
 
+mod components;
 mod kohya;
 mod merged;
 mod peft;
@@ -17,10 +19,12 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::models::unet::UNet2DConditionModel;
+use crate::models::clip::ClipTextModel;
 use crate::nn::{attach_lora, LoraSet, LoraSwitch, LoraWeights};
 
 pub use kohya::{kohya_name, ldm_path, read_kohya, save_kohya, to_kohya_tensors, KohyaNames, UNetLayout};
-pub use merged::save_merged_unet;
+pub use components::{attach_all, prefixed, split_components, text_encoder_of, TEXT_ENCODERS};
+pub use merged::{save_merged_text_encoder, save_merged_unet};
 pub use peft::{read_peft, save_peft, to_peft_tensors};
 
 /// A LoRA file that does not fit (names the file).
@@ -61,7 +65,8 @@ pub fn save_lora(path: &Path, weights: &[LoraWeights], format: LoraFormat, layou
     }
 }
 
-/// Read a LoRA file of either format as adapters for `unet`'s modules.
+/// Read a LoRA file of either format: adapters for `unet`'s modules and,
+/// prefixed `text_encoder.` / `text_encoder_2.`, for the text encoders'.
 pub fn read_lora(path: &Path, unet: &mut UNet2DConditionModel) -> Result<Vec<LoraWeights>> {
     let (tensors, metadata) = st::read_with_metadata(path)?;
     match LoraFormat::detect(tensors.keys()) {
@@ -75,10 +80,23 @@ pub fn read_lora(path: &Path, unet: &mut UNet2DConditionModel) -> Result<Vec<Lor
 }
 
 /// Read a LoRA file (either format) and attach its adapters to `unet`,
-/// under `switch`.
+/// under `switch`. A file with text-encoder adapters is an error here (they
+/// would be dropped): load it with [`load_lora_all`].
 pub fn load_lora(path: &Path, unet: &mut UNet2DConditionModel, switch: &LoraSwitch) -> Result<LoraSet> {
     let weights = read_lora(path, unet)?;
+    let te: Vec<&str> = weights.iter().filter(|w| text_encoder_of(&w.path).is_some()).map(|w| w.path.as_str()).collect();
+    if !te.is_empty() {
+        return Err(lora_error(path, format!("has text-encoder adapters, which a UNet alone cannot take ({}); load it into a pipeline", te.join(", "))));
+    }
     attach_lora(unet, &weights, switch).map_err(|e| lora_error(path, e.to_string()))
+}
+
+/// Read a LoRA file (either format) and attach all its adapters, the UNet's
+/// to `unet` and the text encoders' to `text_encoders` (in pipeline order),
+/// under one `switch`. The set's paths carry the component prefixes.
+pub fn load_lora_all(path: &Path, unet: &mut UNet2DConditionModel, text_encoders: &mut [&mut ClipTextModel], switch: &LoraSwitch) -> Result<LoraSet> {
+    let weights = read_lora(path, unet)?;
+    attach_all(&weights, unet, text_encoders, switch).map_err(|e| lora_error(path, e.to_string()))
 }
 
 #[cfg(test)]

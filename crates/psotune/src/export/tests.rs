@@ -102,12 +102,18 @@ fn foreign_keys_are_errors() {
     let mut unet = tiny_unet(false, true);
     let lora = apply_lora(&mut unet, &LoraConfig::new(1, 1.0, LoraTargets::preset(TargetPreset::Attn))).unwrap();
     let mut tensors = to_kohya_tensors(&lora.weights(), &UNetLayout::of(&unet), KohyaNames::Diffusers).unwrap();
-    let t = tensors.values().next().unwrap().clone();
+    let t = tensors.iter().find(|(k, _)| k.ends_with(".lora_down.weight")).unwrap().1.clone();
     tensors.insert("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight".into(), t.clone());
     tensors.insert("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight".into(), t);
     let path = dir.join("te.safetensors");
     st::write_with_metadata(&path, &tensors, None).unwrap();
     let mut fresh = tiny_unet(false, true);
+    // Text-encoder adapters are read, but a UNet alone refuses them rather
+    // than dropping them.
     let err = load_lora(&path, &mut fresh, &LoraSwitch::new()).unwrap_err().to_string();
-    assert!(err.contains("text-encoder") && err.contains("lora_te_text_model_encoder_layers_0_mlp_fc1"), "{err}");
+    assert!(err.contains("text-encoder") && err.contains("text_encoder.text_model.encoder.layers.0.mlp.fc1"), "{err}");
+    tensors.insert("lora_te_text_model_encoder_layers_0_mlp_fc9.lora_down.weight".into(), tensors["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"].clone());
+    st::write_with_metadata(&path, &tensors, None).unwrap();
+    let err = load_lora(&path, &mut fresh, &LoraSwitch::new()).unwrap_err().to_string();
+    assert!(err.contains("match no UNet or text-encoder module") && err.contains("mlp_fc9"), "{err}");
 }

@@ -392,10 +392,16 @@ fn has_lora(layer: &LayerMut<'_>) -> bool {
 /// Adds fresh adapters (A initialised, B zero) to every targeted layer.
 /// Errors when nothing matches or a targeted layer already has one.
 pub fn apply_lora(model: &mut dyn Modules, cfg: &LoraConfig) -> Result<LoraSet> {
+    apply_lora_with(model, cfg, &LoraSwitch::new())
+}
+
+/// [`apply_lora`] under an existing switch, so that adapters on several
+/// models (UNet and text encoders) turn off together.
+pub fn apply_lora_with(model: &mut dyn Modules, cfg: &LoraConfig, switch: &LoraSwitch) -> Result<LoraSet> {
     if cfg.rank == 0 {
         candle_core::bail!("LoRA rank must be at least 1");
     }
-    let switch = LoraSwitch::new();
+    let switch = switch.clone();
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut adapters = Vec::new();
     model.visit_mut("", &mut |path, mut layer| {

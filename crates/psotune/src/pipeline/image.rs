@@ -35,6 +35,12 @@ pub fn save_png(image: &Tensor, path: &Path) -> Result<()> {
 /// composited onto white, as emoji and icon sets need).
 pub fn load_image(path: &Path, device: &Device) -> Result<Tensor> {
     let img = image::open(path).map_err(|e| Error::Image { path: path.to_path_buf(), msg: e.to_string() })?;
+    image_to_tensor(&img, device)
+}
+
+/// A decoded image as a [3, H, W] f32 tensor in [-1, 1], alpha composited
+/// onto white (see [`load_image`]).
+pub fn image_to_tensor(img: &image::DynamicImage, device: &Device) -> Result<Tensor> {
     let rgba = img.to_rgba8();
     let (w, h) = rgba.dimensions();
     let mut data = Vec::with_capacity((w * h * 3) as usize);

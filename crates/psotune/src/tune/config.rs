@@ -81,6 +81,32 @@ pub struct LoraSection {
     /// Seed of the adapters' initial A matrices.
     #[serde(default)]
     pub seed: u64,
+    /// Also train LoRA on the text encoder(s) (prompt embeddings are then
+    /// recomputed every step instead of cached).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub text_encoder: bool,
+    /// Text-encoder adapter rank (default: `rank`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder_rank: Option<usize>,
+    /// Text-encoder LoRA alpha (default: `alpha`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder_alpha: Option<f64>,
+    /// Text-encoder layers: a preset (attn = q/k/v/out_proj, attn-ff adds
+    /// mlp.fc1/fc2, all-linear / all = both) or module-path regular
+    /// expressions (default: `targets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder_targets: Option<String>,
+}
+
+impl LoraSection {
+    /// The text encoders' rank, alpha and targets (the UNet's unless set).
+    pub fn text_encoder_settings(&self) -> (usize, f64, &str) {
+        (
+            self.text_encoder_rank.unwrap_or(self.rank),
+            self.text_encoder_alpha.unwrap_or(self.alpha),
+            self.text_encoder_targets.as_deref().unwrap_or(&self.targets),
+        )
+    }
 }
 
 fn default_rank() -> usize {
@@ -95,7 +121,18 @@ fn default_targets() -> String {
 
 impl Default for LoraSection {
     fn default() -> Self {
-        Self { rank: default_rank(), alpha: default_alpha(), targets: default_targets(), init_from: None, full: None, seed: 0 }
+        Self {
+            rank: default_rank(),
+            alpha: default_alpha(),
+            targets: default_targets(),
+            init_from: None,
+            full: None,
+            seed: 0,
+            text_encoder: false,
+            text_encoder_rank: None,
+            text_encoder_alpha: None,
+            text_encoder_targets: None,
+        }
     }
 }
 
@@ -153,8 +190,14 @@ pub enum DataConfig {
     #[serde(rename_all = "kebab-case")]
     Pairs {
         /// JSONL, one `{"prompt", "chosen", "rejected"}` per line, image paths
-        /// relative to the manifest's folder.
+        /// relative to the manifest's folder; or a Pick-a-Pic v2 parquet file
+        /// (`caption`, `jpg_0`, `jpg_1`, `label_0`; ties skipped, images
+        /// resized and centre-cropped to the model's size).
         manifest: PathBuf,
+        /// jsonl | parquet (default: by the file's extension, `.parquet` is
+        /// parquet, anything else JSONL).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<PairsFormat>,
     },
     /// Concept customization: a few subject images under an instance prompt
     /// are targets, model samples of the class prompt (trained under the
@@ -180,6 +223,24 @@ pub enum DataConfig {
         #[serde(default)]
         refresh_references_every: u64,
     },
+}
+
+/// The file format of an offline pairs set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairsFormat {
+    Jsonl,
+    Parquet,
+}
+
+impl PairsFormat {
+    /// The format `format` names, else the one `path`'s extension implies.
+    pub fn of(path: &Path, format: Option<PairsFormat>) -> PairsFormat {
+        format.unwrap_or_else(|| match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("parquet") => PairsFormat::Parquet,
+            _ => PairsFormat::Jsonl,
+        })
+    }
 }
 
 fn one() -> usize {
@@ -386,7 +447,7 @@ impl RunConfig {
                     return bad("data.references-per-caption must be at least 1".into());
                 }
             }
-            DataConfig::Pairs { manifest } => absolute(manifest)?,
+            DataConfig::Pairs { manifest, .. } => absolute(manifest)?,
             DataConfig::Concept { instance_dir, num_class_images, instance_prompt, class_prompt, .. } => {
                 absolute(instance_dir)?;
                 if *num_class_images == 0 {
@@ -400,8 +461,11 @@ impl RunConfig {
         if !["f32", "f16", "bf16"].contains(&self.model.dtype.as_str()) {
             return bad(format!("model.dtype {:?}: expected f32, f16 or bf16", self.model.dtype));
         }
-        if self.lora.rank == 0 {
-            return bad("lora.rank must be at least 1".into());
+        if self.lora.rank == 0 || self.lora.text_encoder_rank == Some(0) {
+            return bad("lora.rank and lora.text-encoder-rank must be at least 1".into());
+        }
+        if self.lora.text_encoder && self.lora.full.is_some() {
+            return bad("lora.text-encoder trains text-encoder LoRA; it cannot be combined with lora.full".into());
         }
         let o = &self.optim;
         if o.batch_size == 0 || o.grad_accum == 0 || o.max_steps == 0 {
@@ -522,6 +586,17 @@ mod tests {
     }
 
     #[test]
+    fn text_encoder_lora_defaults_to_the_unet_settings() {
+        let c = parse(MINIMAL, &["lora.text-encoder=true", "lora.rank=4"]).unwrap();
+        assert_eq!(c.lora.text_encoder_settings(), (4, 16.0, "attn"));
+        let c = parse(MINIMAL, &["lora.text-encoder=true", "lora.text-encoder-rank=2", "lora.text-encoder-targets=attn-ff"]).unwrap();
+        assert_eq!(c.lora.text_encoder_settings(), (2, 16.0, "attn-ff"));
+        assert!(c.to_toml().unwrap().contains("text-encoder = true"));
+        assert!(!parse(MINIMAL, &[]).unwrap().to_toml().unwrap().contains("text-encoder"));
+        assert!(parse(MINIMAL, &["lora.text-encoder-rank=0"]).is_err());
+    }
+
+    #[test]
     fn example_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
         for name in ["style.toml", "pairs.toml", "concept.toml"] {
@@ -534,7 +609,10 @@ mod tests {
     fn relative_paths_become_absolute() {
         let c = parse("[model]\npath = \"models/emoji\"\n[data]\nkind = \"pairs\"\nmanifest = \"p.jsonl\"\n", &[]).unwrap();
         assert!(c.model.path.is_absolute() && c.model.path.ends_with("models/emoji"));
-        let DataConfig::Pairs { manifest } = &c.data else { panic!() };
+        let DataConfig::Pairs { manifest, format } = &c.data else { panic!() };
         assert!(manifest.is_absolute());
+        assert_eq!(PairsFormat::of(manifest, *format), PairsFormat::Jsonl);
+        assert_eq!(PairsFormat::of(Path::new("train-0.PARQUET"), None), PairsFormat::Parquet);
+        assert_eq!(PairsFormat::of(Path::new("pairs.data"), Some(PairsFormat::Parquet)), PairsFormat::Parquet);
     }
 }

@@ -12,10 +12,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::config::{DataConfig, RunConfig};
+use super::config::{DataConfig, PairsFormat, RunConfig};
 use std::path::PathBuf;
 
-use crate::data::{check_image_size, list_images, ImageFolder, ImageItem, PairManifest, METADATA_FILE};
+use crate::data::{check_image_size, list_images, ImageFolder, ImageItem, PairManifest, ParquetPairs, METADATA_FILE};
 use crate::error::{Error, Result};
 use crate::pipeline::image::load_image;
 use crate::pipeline::{Pipeline, PromptEmbeds};
@@ -56,6 +56,8 @@ pub struct TrainSet {
 pub enum TaskFiles {
     Style { folder: ImageFolder, references_per_caption: usize },
     Pairs(PairManifest),
+    /// Pick-a-Pic parquet pairs (images resized to the model's size).
+    ParquetPairs(ParquetPairs),
     /// Instance images with where each was listed (file, line) for errors.
     Concept { images: Vec<(PathBuf, PathBuf, Option<usize>)>, instance_prompt: String, class_prompt: String, num_class_images: usize },
 }
@@ -67,7 +69,10 @@ impl TaskFiles {
             DataConfig::Style { images, select, references_per_caption, .. } => {
                 TaskFiles::Style { folder: selected(ImageFolder::open(images)?, select)?, references_per_caption: *references_per_caption }
             }
-            DataConfig::Pairs { manifest } => TaskFiles::Pairs(PairManifest::open(manifest)?),
+            DataConfig::Pairs { manifest, format } => match PairsFormat::of(manifest, *format) {
+                PairsFormat::Jsonl => TaskFiles::Pairs(PairManifest::open(manifest)?),
+                PairsFormat::Parquet => TaskFiles::ParquetPairs(ParquetPairs::open(manifest)?),
+            },
             DataConfig::Concept { instance_dir, select, instance_prompt, class_prompt, num_class_images, .. } => TaskFiles::Concept {
                 images: if instance_dir.join(METADATA_FILE).is_file() {
                     let folder = selected(ImageFolder::open(instance_dir)?, select)?;
@@ -89,6 +94,8 @@ impl TaskFiles {
         match self {
             TaskFiles::Style { folder, .. } => folder.check_size(width, height),
             TaskFiles::Pairs(m) => m.check_size(width, height),
+            // Any size: resized and cropped when encoded (JPEGs checked at open).
+            TaskFiles::ParquetPairs(_) => Ok(()),
             TaskFiles::Concept { images, .. } => images.iter().try_for_each(|(p, src, line)| check_image_size(p, width, height, src, *line)),
         }
     }
@@ -116,9 +123,15 @@ fn index_of(prompts: &mut Vec<String>, p: &str) -> usize {
 /// Images to latents in chunks (bounded memory), the posterior mean: the
 /// cached latents of fixed data must not depend on a random draw.
 fn encode_images(pipe: &Pipeline, paths: &[&std::path::Path]) -> Result<Vec<Tensor>> {
-    let mut out = Vec::with_capacity(paths.len());
-    for chunk in paths.chunks(8) {
-        let imgs = chunk.iter().map(|p| load_image(p, &Device::Cpu)).collect::<Result<Vec<_>>>()?;
+    encode_with(pipe, paths.len(), |i| load_image(paths[i], &Device::Cpu))
+}
+
+/// [`encode_images`] for `n` images that `load(i)` makes ([3, H, W] in [-1, 1]).
+fn encode_with(pipe: &Pipeline, n: usize, load: impl Fn(usize) -> Result<Tensor>) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(n);
+    let indices: Vec<usize> = (0..n).collect();
+    for chunk in indices.chunks(8) {
+        let imgs = chunk.iter().map(|i| load(*i)).collect::<Result<Vec<_>>>()?;
         let batch = Tensor::stack(&imgs, 0)?.to_device(&pipe.device)?.to_dtype(pipe.dtype)?;
         let lat = pipe.vae.latents_from_image(&batch, None)?.to_dtype(candle_core::DType::F32)?;
         for i in 0..chunk.len() {
@@ -162,6 +175,15 @@ impl TrainSet {
                 let rejected: Vec<&std::path::Path> = m.items.iter().map(|i| i.rejected.as_path()).collect();
                 let pool = ReferencePool::Fixed(encode_images(pipe, &rejected)?);
                 (encode_images(pipe, &chosen)?, pool, prompts.iter().take(4).cloned().collect())
+            }
+            TaskFiles::ParquetPairs(p) => {
+                for (i, item) in p.items.iter().enumerate() {
+                    examples.push(Example { target: i, prompt: index_of(&mut prompts, &item.prompt), references: vec![i] });
+                }
+                let (w, h) = (pipe.defaults.width.unwrap_or(512) as u32, pipe.defaults.height.unwrap_or(512) as u32);
+                let chosen = encode_with(pipe, p.items.len(), |i| p.image(i, true, w, h, &Device::Cpu))?;
+                let pool = ReferencePool::Fixed(encode_with(pipe, p.items.len(), |i| p.image(i, false, w, h, &Device::Cpu))?);
+                (chosen, pool, prompts.iter().take(4).cloned().collect())
             }
             TaskFiles::Concept { images, instance_prompt, class_prompt, num_class_images } => {
                 let p = index_of(&mut prompts, instance_prompt);

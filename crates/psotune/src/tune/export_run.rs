@@ -1,5 +1,7 @@
 //! `psotune export`: a run's checkpoint as a LoRA file other tools load
-//! (diffusers/PEFT or kohya) or as a merged UNet in diffusers layout.
+//! (diffusers/PEFT or kohya, text-encoder adapters included) or as a merged
+//! UNet in diffusers layout (merged text encoders in `text_encoder/`,
+//! `text_encoder_2/` beside it when they were trained).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -9,7 +11,7 @@ use candle_core::Tensor;
 
 use super::config::RunConfig;
 use crate::error::{Error, Result};
-use crate::export::{read_lora, save_lora, save_merged_unet, LoraFormat, UNetLayout};
+use crate::export::{read_lora, save_lora, save_merged_text_encoder, save_merged_unet, split_components, text_encoder_of, LoraFormat, UNetLayout, TEXT_ENCODERS};
 use crate::nn::LoraWeights;
 use crate::pipeline::{load, LoadOptions, ModelFolder};
 use crate::train::{RunDir, CONFIG_FILE};
@@ -85,12 +87,21 @@ pub fn export_run(run_dir: &Path, format: ExportFormat, out: &Path, step: Option
         Some(f) => read_lora(f, &mut unet)?.into_iter().map(|w| (w.path, w.alpha)).collect(),
         None => HashMap::new(),
     };
-    let lora = adapters(&tensors, |p| file_alphas.get(p).copied().unwrap_or(cfg.lora.alpha))?;
+    let (_, te_alpha, _) = cfg.lora.text_encoder_settings();
+    let default_alpha = |p: &str| if text_encoder_of(p).is_some() { te_alpha } else { cfg.lora.alpha };
+    let lora = adapters(&tensors, |p| file_alphas.get(p).copied().unwrap_or_else(|| default_alpha(p)))?;
 
     match (format, lora) {
         (ExportFormat::Merged, lora) => {
             let overrides: Vec<(String, Tensor)> = if lora.is_some() { Vec::new() } else { tensors.into_iter().collect() };
-            save_merged_unet(&folder.component_dir("unet"), lora.as_deref().unwrap_or(&[]), 1.0, &overrides, out)?;
+            let (unet_lora, te_lora) = split_components(lora.as_deref().unwrap_or(&[]));
+            save_merged_unet(&folder.component_dir("unet"), &unet_lora, 1.0, &overrides, out)?;
+            // Merged text encoders go beside the UNet files, in subfolders
+            // named as in a pipeline folder.
+            for (i, part) in te_lora.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                let name = TEXT_ENCODERS[i];
+                save_merged_text_encoder(&folder.component_dir(name), part, 1.0, &out.join(name))?;
+            }
             Ok(out.to_path_buf())
         }
         (_, None) => Err(Error::invalid(format!(

@@ -8,7 +8,8 @@
 //! directory. Each optimizer step then does, per micro-batch:
 //! 1. batch (targets, references, prompts from the data cursor),
 //! 2. noise and timesteps (one t and one eps shared by both images of a pair),
-//! 3. policy forward (adapters on), in epsilon space,
+//! 3. policy forward (adapters on), in epsilon space (with text-encoder
+//!    LoRA, the prompts are re-encoded in the graph first),
 //! 4. frozen forward (the same network with adapters off, no copy),
 //! 5. loss, 6. backward;
 //!
@@ -61,6 +62,8 @@ struct Batch {
     target: Tensor,
     reference: Option<Tensor>,
     embeds: PromptEmbeds,
+    /// The prompts behind `embeds`, for re-encoding when the text encoder trains.
+    prompts: Vec<String>,
 }
 
 fn cat_embeds(list: &[&PromptEmbeds]) -> Result<PromptEmbeds> {
@@ -74,7 +77,7 @@ fn cat_embeds(list: &[&PromptEmbeds]) -> Result<PromptEmbeds> {
 
 /// Examples `cursor .. cursor + n` of the set, with their references.
 fn gather(set: &TrainSet, refs: Option<&[Tensor]>, cursor: u64, n: usize) -> Result<Batch> {
-    let (mut targets, mut references, mut embeds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut targets, mut references, mut embeds, mut prompts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..n as u64 {
         let (ex, r) = set.example_at(cursor + i)?;
         targets.push(set.targets[ex.target].clone());
@@ -82,9 +85,10 @@ fn gather(set: &TrainSet, refs: Option<&[Tensor]>, cursor: u64, n: usize) -> Res
             references.push(pool.get(r).ok_or_else(|| Error::invalid(format!("reference {r} is not in the pool")))?.clone());
         }
         embeds.push(&set.embeds[ex.prompt]);
+        prompts.push(set.prompts[ex.prompt].clone());
     }
     let reference = if refs.is_some() { Some(Tensor::stack(&references, 0)?) } else { None };
-    Ok(Batch { target: Tensor::stack(&targets, 0)?, reference, embeds: cat_embeds(&embeds)? })
+    Ok(Batch { target: Tensor::stack(&targets, 0)?, reference, embeds: cat_embeds(&embeds)?, prompts })
 }
 
 /// The network's prediction for VP samples `x` at timesteps `t`, as epsilon (f32).
@@ -138,8 +142,9 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
     let size = (pipe.defaults.width.unwrap_or(512), pipe.defaults.height.unwrap_or(512));
     files.check_size(size.0 as u32, size.1 as u32)?;
-    let trainable = Trainable::attach(&mut pipe.unet, &cfg.lora)?;
+    let trainable = Trainable::attach_pipeline(&mut pipe, &cfg.lora)?;
     let switch = trainable.switch().cloned();
+    let train_text = trainable.trains_text_encoder();
     if objective.kind.uses_frozen_model() && switch.is_none() {
         let msg = format!("objective {} compares with the frozen model (the network with its LoRA off); full fine-tuning has none: use LoRA, pso-hinge or sft", objective.kind);
         return Err(Error::config(run.config_path(), msg));
@@ -154,7 +159,12 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     };
 
     // 0c. Encode the fixed data once.
-    let set = TrainSet::prepare(&files, &pipe, cfg)?;
+    // The cached embeddings are the frozen model's (adapters off): with a
+    // trained text encoder the policy re-encodes its prompts every step.
+    let set = match &switch {
+        Some(sw) => sw.run_disabled(|| TrainSet::prepare(&files, &pipe, cfg))?,
+        None => TrainSet::prepare(&files, &pipe, cfg)?,
+    };
     let val_prompts = if cfg.validation.prompts.is_empty() { set.validation_prompts.clone() } else { cfg.validation.prompts.clone() };
 
     let o = &cfg.optim;
@@ -227,13 +237,21 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             let t = objective.draw_timesteps(&distilled, n_train, &mut t_rng, bs)?;
             let mut x = schedule.add_noise(&batch.target, &eps, &t)?;
             let (mut tt, mut embeds) = (t.clone(), batch.embeds.clone());
+            // With text-encoder LoRA the policy's embeddings come from the graph.
+            let mut policy_embeds = if train_text {
+                let prompts: Vec<&str> = batch.prompts.iter().map(String::as_str).collect();
+                Some(pipe.encode_prompts(&prompts)?)
+            } else {
+                None
+            };
             if let Some(r) = &batch.reference {
                 x = Tensor::cat(&[&x, &schedule.add_noise(r, &eps, &t)?], 0)?;
                 tt.extend_from_slice(&t);
                 embeds = PromptEmbeds::cat(&embeds, &batch.embeds)?;
+                policy_embeds = policy_embeds.map(|e| PromptEmbeds::cat(&e, &e)).transpose()?;
             }
             // 3. Policy forward (adapters on).
-            let policy = eps_forward(&pipe, &x, &tt, &embeds, &schedule, size)?;
+            let policy = eps_forward(&pipe, &x, &tt, policy_embeds.as_ref().unwrap_or(&embeds), &schedule, size)?;
             // 4. Frozen forward: the same network with the adapters off.
             let frozen = match (&switch, objective.kind.uses_frozen_model()) {
                 (Some(sw), true) => Some(sw.run_disabled(|| eps_forward(&pipe, &x, &tt, &embeds, &schedule, size))?.detach()),

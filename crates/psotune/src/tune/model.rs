@@ -1,5 +1,6 @@
-//! What a run trains: LoRA adapters on the UNet (fresh or from a file), or
-//! full fine-tuning of chosen parameter groups.
+//! What a run trains: LoRA adapters on the UNet and optionally the text
+//! encoders (fresh or from a file), or full fine-tuning of chosen
+//! parameter groups.
 
 use candle_core::Var;
 
@@ -7,7 +8,9 @@ use super::config::LoraSection;
 use crate::error::{Error, Result};
 use crate::export;
 use crate::models::unet::UNet2DConditionModel;
-use crate::nn::{apply_lora, make_trainable, LoraConfig, LoraInit, LoraSet, LoraSwitch, LoraTargets};
+use crate::models::clip::text_encoder_targets;
+use crate::nn::{apply_lora, apply_lora_with, make_trainable, LoraConfig, LoraInit, LoraSet, LoraSwitch, LoraTargets};
+use crate::pipeline::Pipeline;
 
 pub enum Trainable {
     Lora(LoraSet),
@@ -28,6 +31,47 @@ impl Trainable {
         let targets = LoraTargets::parse(&cfg.targets)?;
         let lc = LoraConfig { rank: cfg.rank, alpha: cfg.alpha, targets, init: LoraInit::Kaiming, seed: cfg.seed };
         Ok(Trainable::Lora(apply_lora(unet, &lc).map_err(|e| Error::invalid(format!("lora: {e}")))?))
+    }
+
+    /// Attach what `cfg` asks for to the pipeline: [`Self::attach`] on the
+    /// UNet; with `lora.text-encoder`, adapters on every text encoder too
+    /// (under the UNet's switch, named `text_encoder[_2].<path>`). A LoRA
+    /// file (`init-from`) brings its text-encoder adapters along, and
+    /// fresh ones are added when the file has none but they are asked for.
+    pub fn attach_pipeline(pipe: &mut Pipeline, cfg: &LoraSection) -> Result<Self> {
+        if cfg.full.is_some() {
+            return Self::attach(&mut pipe.unet, cfg);
+        }
+        let mut set = match &cfg.init_from {
+            Some(file) => {
+                let mut encoders: Vec<_> = pipe.text_encoders.iter_mut().map(|t| &mut t.model).collect();
+                export::load_lora_all(file, &mut pipe.unet, &mut encoders, &LoraSwitch::new())?
+            }
+            None => match Self::attach(&mut pipe.unet, cfg)? {
+                Trainable::Lora(set) => set,
+                full => return Ok(full),
+            },
+        };
+        let has_te = set.adapters.iter().any(|(p, _)| export::text_encoder_of(p).is_some());
+        if cfg.text_encoder && !has_te {
+            let (rank, alpha, targets) = cfg.text_encoder_settings();
+            let targets = text_encoder_targets(targets)?;
+            for (i, te) in pipe.text_encoders.iter_mut().enumerate() {
+                let lc = LoraConfig { rank, alpha, targets: targets.clone(), init: LoraInit::Kaiming, seed: cfg.seed.wrapping_add(1 + i as u64) };
+                let te_set = apply_lora_with(&mut te.model, &lc, &set.switch).map_err(|e| Error::invalid(format!("lora ({}): {e}", export::TEXT_ENCODERS[i])))?;
+                set.adapters.extend(export::prefixed(te_set, i).adapters);
+            }
+        }
+        Ok(Trainable::Lora(set))
+    }
+
+    /// Whether text-encoder adapters are trained (prompt embeddings must
+    /// then be computed in the graph every step).
+    pub fn trains_text_encoder(&self) -> bool {
+        match self {
+            Trainable::Lora(set) => set.adapters.iter().any(|(p, _)| export::text_encoder_of(p).is_some()),
+            Trainable::Full(_) => false,
+        }
     }
 
     /// Trained parameters by checkpoint name.

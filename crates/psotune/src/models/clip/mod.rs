@@ -10,6 +10,7 @@ mod model_config;
 mod text_model;
 mod tokenizer;
 mod vision_model;
+mod visit;
 
 pub use bpe::bytes_to_unicode;
 pub use clip_model::{ClipImageEncoder, ClipModel};
@@ -22,3 +23,4 @@ pub use text_model::{
 };
 pub use tokenizer::{ClipTokenizer, DEFAULT_MAX_LENGTH};
 pub use vision_model::{ClipVisionEmbeddings, ClipVisionTransformer};
+pub use visit::{canonical_path, text_encoder_targets};
