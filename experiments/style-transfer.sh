@@ -15,9 +15,9 @@ cd "$ROOT"
 PSOTUNE="${PSOTUNE:-target/release/psotune}"
 [[ -x "$PSOTUNE" ]] || cargo build --release -p psotune-cli
 STEPS="${STEPS:-600}"
-LR="${LR:-1e-4}"            # the same for every objective
-PSO_BETA="${PSO_BETA:-10}"   # examples/style.toml's
-TAG="${TAG:-}"               # run and report names: runs/style<TAG>-<objective>
+LR="${LR:-2e-5}"            # the same for every objective
+PSO_BETA="${PSO_BETA:-500}"  # examples/style.toml's
+TAG="${TAG:--lr2e-5}"              # run and report names: runs/style<TAG>-<objective>
 runs=()
 for kind in pso sft sft-distilled diffusion-dpo; do
   dir="runs/style$TAG-$kind"

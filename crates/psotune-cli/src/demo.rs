@@ -19,7 +19,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
     /// Optimizer steps of the PSO run.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 600)]
     steps: u64,
     /// Held-out Noto prompts to measure on.
     #[arg(long, default_value_t = 128)]

@@ -1,6 +1,6 @@
 //! `psotune demo`: the tool's main job on the built-in emoji model, start
 //! to finish in a few minutes on two CPU cores. It tunes the 4-step model
-//! towards the Noto style with PSO (exactly `examples/style.toml`, shorter),
+//! towards the Noto style with PSO (exactly `examples/style.toml`),
 //! exports the LoRA in both formats, measures base and tuned model side by
 //! side on Noto concepts no step trained on, and writes an HTML report
 //! (`report.html`) with the comparison grid, the numbers, the training
