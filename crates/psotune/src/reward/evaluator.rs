@@ -20,6 +20,7 @@ use crate::models::evaluator::Evaluator;
 use crate::ops;
 
 /// The style score: P(style | image).
+#[derive(Debug)]
 pub struct StyleReward {
     evaluator: Evaluator,
     index: usize,
@@ -129,6 +130,7 @@ impl PromptCategories {
 }
 
 /// Prompt alignment: P(category of the prompt | image).
+#[derive(Debug)]
 pub struct AlignmentReward {
     evaluator: Evaluator,
     /// prompt -> category index of the evaluator.

@@ -575,7 +575,8 @@ mod tests {
             (vec!["online.train-transitions=0"], "at least 1"),
             (vec!["objective.kind=sft"], "objective.kind sft"),
             (vec!["online.steps=4"], "steps"),
-            (vec!["reward.kind=command"], "reward.command"),
+            (vec!["reward.kind=command"], "command"),
+            (vec!["reward.kind=command", "reward.command=[]"], "reward.command"),
         ] {
             let e = parse(ONLINE, &sets).unwrap_err().to_string();
             assert!(e.starts_with("online.toml: ") && e.contains(want), "{sets:?}: {e}");
@@ -589,8 +590,10 @@ mod tests {
     #[test]
     fn pairs_rank_by_score_and_drop_ties() {
         // prompts 0..3; row j vs row j + 3
-        assert_eq!(rank_pairs(&[1.0, 2.0, 5.0, 0.5, 2.0, 7.0]), vec![(0, 3), (4, 1), (5, 2)]);
-        assert_eq!(rank_pairs(&[1.0, 3.0, 1.0, 2.0]), vec![(3, 1)]);
+        assert_eq!(rank_pairs(&[1.0, 2.0, 5.0, 0.5, 2.0, 7.0]), vec![(0, 3), (5, 2)], "prompt 1 tied");
+        assert_eq!(rank_pairs(&[1.0, 3.0, 5.0, 0.5, 2.0, 7.0]), vec![(0, 3), (1, 4), (5, 2)]);
+        assert_eq!(rank_pairs(&[1.0, 3.0, 1.0, 2.0]), vec![(1, 3)]);
+        assert_eq!(rank_pairs(&[1.0, 2.0, 0.0, 3.0]), vec![(0, 2), (3, 1)]);
         assert!(rank_pairs(&[]).is_empty());
     }
 
