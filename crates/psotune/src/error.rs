@@ -88,6 +88,10 @@ pub enum Error {
     #[error(transparent)]
     Schedule(#[from] crate::diffusion::ScheduleError),
 
+    /// A reward scorer failed or cannot be built (crate::reward).
+    #[error(transparent)]
+    Reward(#[from] crate::reward::RewardError),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

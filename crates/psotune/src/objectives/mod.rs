@@ -10,6 +10,7 @@
 //! to epsilon first ([`to_epsilon`]), so one set of formulas serves all.
 
 mod losses;
+mod online;
 
 #[cfg(test)]
 mod tests;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Prediction;
 
+pub use online::{clipped_log_ratio, pso_online};
 pub use losses::{diffusion_dpo, log_sigmoid, per_sample_mse, pso, pso_hinge, sft, LossOutput, HINGE_PRIOR_WEIGHT, HINGE_REFERENCE_WEIGHT};
 
 /// Which loss to train with.

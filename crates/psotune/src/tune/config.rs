@@ -37,6 +37,13 @@ pub struct RunConfig {
     /// How often to checkpoint and how many checkpoints to keep.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Online PSO settings (only with `data.kind = "online"`; defaults filled in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<super::online::OnlineConfig>,
+    /// The reward that ranks online samples and scores validation (only
+    /// with `data.kind = "online"`, where it is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<crate::reward::RewardConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,6 +230,18 @@ pub enum DataConfig {
         #[serde(default)]
         refresh_references_every: u64,
     },
+    /// Online PSO (pso.md §3b): no fixed data; two samples per prompt from
+    /// the current model, ranked by `[reward]`. Settings in `[online]`.
+    #[serde(rename_all = "kebab-case")]
+    Online {
+        /// Training prompts: a text file, one prompt per line (blank lines
+        /// and lines starting with `#` are skipped).
+        prompts: PathBuf,
+        /// Held-out prompts for the validation reward, same format (default:
+        /// `validation.prompts`, else the first four training prompts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        validation_prompts: Option<PathBuf>,
+    },
 }
 
 /// The file format of an offline pairs set.
@@ -254,7 +273,7 @@ impl DataConfig {
     pub fn refresh_every(&self) -> u64 {
         match self {
             DataConfig::Style { refresh_references_every: k, .. } | DataConfig::Concept { refresh_references_every: k, .. } => *k,
-            DataConfig::Pairs { .. } => 0,
+            DataConfig::Pairs { .. } | DataConfig::Online { .. } => 0,
         }
     }
 }
@@ -457,7 +476,14 @@ impl RunConfig {
                     return bad("data.instance-prompt and data.class-prompt must not be empty".into());
                 }
             }
+            DataConfig::Online { prompts, validation_prompts } => {
+                absolute(prompts)?;
+                if let Some(v) = validation_prompts {
+                    absolute(v)?;
+                }
+            }
         }
+        super::online::resolve_config(&mut self).map_err(|msg| Error::config(origin, msg))?;
         if !["f32", "f16", "bf16"].contains(&self.model.dtype.as_str()) {
             return bad(format!("model.dtype {:?}: expected f32, f16 or bf16", self.model.dtype));
         }
@@ -599,7 +625,7 @@ mod tests {
     #[test]
     fn example_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
-        for name in ["style.toml", "pairs.toml", "concept.toml"] {
+        for name in ["style.toml", "pairs.toml", "concept.toml", "online.toml"] {
             let c = RunConfig::load(&dir.join(name), &[]).unwrap();
             assert!(c.model.path.ends_with("models/emoji"), "{name}");
         }

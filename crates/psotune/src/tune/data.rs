@@ -86,6 +86,7 @@ impl TaskFiles {
                 class_prompt: class_prompt.clone(),
                 num_class_images: *num_class_images,
             },
+            DataConfig::Online { .. } => return Err(Error::invalid("the online task has no fixed data (tune::online::run trains it)")),
         })
     }
 

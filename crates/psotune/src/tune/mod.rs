@@ -14,6 +14,7 @@
 //! 5. loss, 6. backward;
 //!
 //! then 7. clip and AdamW step, 8. log, 9. validation grid and checkpoint.
+//! The online task (pso.md §3b) has its own loop in [`online`].
 //! A checkpoint holds the trained weights, AdamW moments, both RNG streams
 //! and the data cursor, so a killed run resumes bit-exactly.
 
@@ -22,6 +23,7 @@ pub mod config;
 pub mod data;
 mod export_run;
 mod model;
+pub mod online;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,9 @@ fn rng_from(state: NoiseRngState) -> ChaCha8Rng {
 /// from the newest complete checkpoint there (the directory's config.toml
 /// must equal `cfg`); without it, the directory must hold no checkpoint.
 pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
+    if let DataConfig::Online { .. } = cfg.data {
+        return online::run(cfg, run_dir, resume);
+    }
     let started = Instant::now();
     // 0a. Cheap checks first: the data files, the objective, the run directory.
     let files = TaskFiles::open(&cfg.data)?;
