@@ -64,6 +64,10 @@ pub struct EvalArgs {
     instance_images: Vec<PathBuf>,
     #[arg(long)]
     instance_prompt: Option<String>,
+    /// A reward (inline TOML table, as `psotune pairs --reward`) to average
+    /// over each row's samples, e.g. '{ kind = "colourfulness" }'.
+    #[arg(long)]
+    reward: Option<String>,
     /// Samples of --instance-prompt per table row.
     #[arg(long, default_value_t = 16)]
     instance_samples: usize,
@@ -127,6 +131,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         batch: a.batch,
         grid_prompts: a.grid_prompts,
         instance,
+        reward: a.reward.as_deref().map(psotune::reward::RewardConfig::parse_inline).transpose()?,
     };
     let result = compare(&spec, &candidates, |line| eprintln!("{line}"));
     let _ = std::fs::remove_dir_all(&tmp);

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod device;
 mod eval;
+mod pairs;
 mod sample;
 mod tune;
 
@@ -28,6 +29,8 @@ enum Command {
     Tune(tune::TuneArgs),
     /// Measure the base model and tuned runs side by side (emoji-FID, style, alignment, sharpness).
     Eval(Box<eval::EvalArgs>),
+    /// Make offline preference pairs from the model's own samples ranked by a reward.
+    Pairs(Box<pairs::PairsArgs>),
     /// Export a run's checkpoint as a LoRA file (diffusers, kohya) or a merged UNet.
     Export(tune::ExportArgs),
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Tune(args) => tune::run(args),
         Command::Export(args) => tune::export(args),
         Command::Eval(args) => eval::run(*args),
+        Command::Pairs(args) => pairs::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -50,16 +50,6 @@ pub struct PairsArgs {
     out: PathBuf,
 }
 
-/// Parse `--reward` (an inline TOML table) into a reward config.
-fn parse_reward(s: &str) -> Result<RewardConfig> {
-    #[derive(serde::Deserialize)]
-    struct Wrap {
-        reward: RewardConfig,
-    }
-    let w: Wrap = toml::from_str(&format!("reward = {s}")).with_context(|| format!("--reward {s}"))?;
-    Ok(w.reward)
-}
-
 pub fn run(a: PairsArgs) -> Result<()> {
     let prompts: Vec<String> = match (&a.prompt_file, &a.data) {
         (Some(f), _) => std::fs::read_to_string(f)
@@ -76,8 +66,7 @@ pub fn run(a: PairsArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("no prompts");
     }
-    let mut cfg = parse_reward(&a.reward)?;
-    cfg.resolve().map_err(|e| anyhow::anyhow!("--reward: {e}"))?;
+    let cfg = RewardConfig::parse_inline(&a.reward)?;
     cfg.check_prompts(&prompts)?;
     std::fs::create_dir_all(&a.out).with_context(|| a.out.display().to_string())?;
     let mut reward = cfg.build(&a.out, &Device::Cpu)?;

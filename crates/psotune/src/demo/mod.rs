@@ -83,6 +83,7 @@ pub fn run(o: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoSummary> {
         batch: 64,
         grid_prompts: 8,
         instance: None,
+        reward: None,
     };
     let candidates = [Candidate { label: "base".into(), lora: None }, Candidate { label: "PSO (Noto)".into(), lora: Some(lora_diffusers.clone()) }];
     let comparison = compare(&spec, &candidates, &mut log)?;

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::metrics::mean_cosine_similarity;
 use crate::models::evaluator::Evaluator;
 use crate::pipeline::{LoadOptions, Pipeline};
+use crate::reward::{Reward, RewardConfig};
 
 /// Grid rows given to the instance prompt when there is one.
 const INSTANCE_ROWS: usize = 2;
@@ -58,6 +59,8 @@ pub struct CompareSpec {
     /// Prompts shown in the grid (its rows).
     pub grid_prompts: usize,
     pub instance: Option<InstanceCheck>,
+    /// A reward to average over every row's samples (with their prompts).
+    pub reward: Option<RewardConfig>,
 }
 
 /// One (candidate, step count) measurement.
@@ -68,6 +71,8 @@ pub struct CompareRow {
     pub measures: Measures,
     /// With an [`InstanceCheck`]: mean feature similarity to the instance images.
     pub instance_similarity: Option<f64>,
+    /// With a reward: its mean over the samples.
+    pub reward: Option<f64>,
 }
 
 /// The rows, and the grid images [G * columns, 3, S, S] in [-1, 1]: one
@@ -110,6 +115,13 @@ pub fn compare(spec: &CompareSpec, candidates: &[Candidate], mut log: impl FnMut
         }
         None => None,
     };
+    let mut reward: Option<Box<dyn Reward>> = match &spec.reward {
+        Some(cfg) => {
+            cfg.check_prompts(&prompts.prompts)?;
+            Some(cfg.build(&std::env::temp_dir().join(format!("psotune-eval-reward-{}", std::process::id())), &dev)?)
+        }
+        None => None,
+    };
     let g = spec.grid_prompts.min(prompts.len());
     let (mut rows, mut columns) = (Vec::new(), Vec::new());
     for cand in candidates {
@@ -133,8 +145,20 @@ pub fn compare(spec: &CompareSpec, candidates: &[Candidate], mut log: impl FnMut
                 }
                 _ => None,
             };
+            let reward_mean = match reward.as_mut() {
+                Some(r) => {
+                    let mut total = 0.0;
+                    for (k, chunk) in prompts.prompts.chunks(spec.batch.max(1)).enumerate() {
+                        let start = k * spec.batch.max(1);
+                        let scores = r.score(&images.narrow(0, start, chunk.len())?, chunk)?;
+                        total += scores.iter().map(|s| *s as f64).sum::<f64>();
+                    }
+                    Some(total / prompts.len() as f64)
+                }
+                None => None,
+            };
             let steps = steps.unwrap_or(pipe.defaults.steps);
-            let row = CompareRow { label: cand.label.clone(), steps, measures, instance_similarity };
+            let row = CompareRow { label: cand.label.clone(), steps, measures, instance_similarity, reward: reward_mean };
             log(&format!("{} at {} steps: emoji-FID {:.2}, prompt alignment {:.3}", row.label, steps, row.measures.emoji_fid, row.measures.prompt_alignment));
             rows.push(row);
             columns.push(column);
@@ -160,6 +184,7 @@ impl Comparison {
     pub fn markdown(&self) -> String {
         let styles: Vec<String> = self.rows.first().map(|r| r.measures.style_scores.keys().cloned().collect()).unwrap_or_default();
         let instance = self.rows.iter().any(|r| r.instance_similarity.is_some());
+        let reward = self.rows.iter().any(|r| r.reward.is_some());
         let mut s = String::from("| model | steps | emoji-FID | prompt alignment |");
         for st in &styles {
             s.push_str(&format!(" {st} score |"));
@@ -168,8 +193,11 @@ impl Comparison {
         if instance {
             s.push_str(" instance similarity |");
         }
+        if reward {
+            s.push_str(" mean reward |");
+        }
         s.push('\n');
-        s.push_str(&"|---".repeat(5 + styles.len() + instance as usize));
+        s.push_str(&"|---".repeat(5 + styles.len() + instance as usize + reward as usize));
         s.push_str("|\n");
         for r in &self.rows {
             let m = &r.measures;
@@ -180,6 +208,9 @@ impl Comparison {
             s.push_str(&format!(" {:.4} |", m.sharpness));
             if instance {
                 s.push_str(&r.instance_similarity.map_or(" - |".into(), |v| format!(" {v:.3} |")));
+            }
+            if reward {
+                s.push_str(&r.reward.map_or(" - |".into(), |v| format!(" {v:.4} |")));
             }
             s.push('\n');
         }

@@ -105,6 +105,20 @@ fn default_timeout() -> u64 {
 
 impl RewardConfig {
     /// The kind's name, as written in the config.
+    /// A reward given on a command line as an inline TOML table, e.g.
+    /// `{ kind = "evaluator-style", evaluator = "models/emoji/evaluator", style = "noto" }`,
+    /// resolved (paths made absolute, values checked).
+    pub fn parse_inline(text: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Wrap {
+            reward: RewardConfig,
+        }
+        let bad = |msg: String| Error::invalid(format!("reward {text}: {msg}"));
+        let mut cfg = toml::from_str::<Wrap>(&format!("reward = {text}")).map_err(|e| bad(e.message().to_string()))?.reward;
+        cfg.resolve().map_err(bad)?;
+        Ok(cfg)
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             RewardConfig::Colourfulness {} => "colourfulness",
