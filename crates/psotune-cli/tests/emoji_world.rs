@@ -92,6 +92,52 @@ fn example_configs_run_on_the_built_in_model() {
     assert!(ok, "concept: {stderr}");
     assert!(concept_out.join("checkpoints/step-000002").is_dir());
 
+    // Offline pairs from the model's own samples, then the pairs example on them.
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "an emoji of a red apple\nan emoji of a cat face\n").unwrap();
+    let pairs = dir.join("pairs");
+    let (ok, stdout, stderr) = psotune(&[
+        "pairs",
+        "--prompt-file",
+        prompts.to_str().unwrap(),
+        "--samples",
+        "3",
+        "--reward",
+        "{ kind = \"colourfulness\" }",
+        "--out",
+        pairs.to_str().unwrap(),
+    ]);
+    assert!(ok, "pairs: {stderr}");
+    assert!(stdout.contains("pairs") && pairs.join("pairs.jsonl").is_file(), "{stdout}");
+    let manifest = format!("data.manifest={:?}", pairs.join("pairs.jsonl").to_str().unwrap());
+    let pairs_out = dir.join("pairs-run");
+    let mut args = vec!["tune", "examples/pairs.toml", "--set", &manifest, "--out", pairs_out.to_str().unwrap()];
+    args.extend(few);
+    let (ok, _, stderr) = psotune(&args);
+    assert!(ok, "pairs run: {stderr}");
+    assert!(pairs_out.join("checkpoints/step-000002").is_dir());
+
+    // Online PSO as written in the example, for one step of one prompt.
+    let online_out = dir.join("online");
+    let (ok, _, stderr) = psotune(&[
+        "tune",
+        "examples/online.toml",
+        "--set",
+        "optim.max-steps=1",
+        "--set",
+        "optim.batch-size=1",
+        "--set",
+        "optim.grad-accum=1",
+        "--set",
+        "validation.every=1",
+        "--set",
+        "checkpoint.every=1",
+        "--out",
+        online_out.to_str().unwrap(),
+    ]);
+    assert!(ok, "online: {stderr}");
+    assert!(online_out.join("checkpoints/step-000001").is_dir() && online_out.join("validation.jsonl").is_file());
+
     // psotune eval measures the base model and a run side by side.
     let json = dir.join("eval.json");
     let (ok, stdout, stderr) = psotune(&[
@@ -108,9 +154,11 @@ fn example_configs_run_on_the_built_in_model() {
         "1",
         "--json",
         json.to_str().unwrap(),
+        "--reward",
+        "{ kind = \"colourfulness\" }",
     ]);
     assert!(ok, "eval: {stderr}");
-    assert!(stdout.contains("| base | 1 |") && stdout.contains("| style | 1 |"), "{stdout}");
+    assert!(stdout.contains("| base | 1 |") && stdout.contains("| style | 1 |") && stdout.contains("mean reward"), "{stdout}");
     let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 2);
     let _ = std::fs::remove_dir_all(&dir);
