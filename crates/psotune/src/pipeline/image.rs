@@ -54,25 +54,6 @@ pub fn image_to_tensor(img: &image::DynamicImage, device: &Device) -> Result<Ten
     Ok(Tensor::from_vec(data, (h as usize, w as usize, 3), device)?.permute((2, 0, 1))?.contiguous()?)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn png_round_trip_is_exact_on_8bit_values() {
-        let dev = Device::Cpu;
-        let vals: Vec<f32> = (0..3 * 4 * 5).map(|i| ((i * 37) % 256) as f32 / 255.0).collect();
-        let t = Tensor::from_vec(vals, (3, 4, 5), &dev).unwrap();
-        let p = std::env::temp_dir().join(format!("psotune-img-{}.png", std::process::id()));
-        save_png(&t, &p).unwrap();
-        let back = ((load_image(&p, &dev).unwrap() + 1.0).unwrap() / 2.0).unwrap();
-        let diff = (back - &t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(diff < 1e-6, "{diff}");
-        let e = load_image(Path::new("/nonexistent.png"), &dev).unwrap_err().to_string();
-        assert!(e.contains("/nonexistent.png"), "{e}");
-    }
-}
-
 /// Write images [N, 3, H, W] with values in [0, 1] as one PNG: `cols` per
 /// row (row-major), each enlarged `scale` times (nearest neighbour, so
 /// tiny images stay crisp), with a 1-pixel white gutter.
@@ -98,4 +79,23 @@ pub fn save_grid(images: &Tensor, cols: usize, scale: usize, path: &Path) -> Res
         }
     }
     save_png(&Tensor::from_vec(canvas, (c, gh, gw), images.device())?, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_is_exact_on_8bit_values() {
+        let dev = Device::Cpu;
+        let vals: Vec<f32> = (0..3 * 4 * 5).map(|i| ((i * 37) % 256) as f32 / 255.0).collect();
+        let t = Tensor::from_vec(vals, (3, 4, 5), &dev).unwrap();
+        let p = std::env::temp_dir().join(format!("psotune-img-{}.png", std::process::id()));
+        save_png(&t, &p).unwrap();
+        let back = ((load_image(&p, &dev).unwrap() + 1.0).unwrap() / 2.0).unwrap();
+        let diff = (back - &t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let e = load_image(Path::new("/nonexistent.png"), &dev).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent.png"), "{e}");
+    }
 }
