@@ -110,21 +110,7 @@ fn per_image(b: usize) -> (bool, usize) {
 /// Row-wise in place: s <- softmax(s * scale) over rows of length `m`.
 fn softmax_rows<T: Real>(s: &mut [T], m: usize, scale: T) {
     for row in s.chunks_mut(m) {
-        let mut max = T::from_f64(f64::NEG_INFINITY);
-        for v in row.iter_mut() {
-            *v *= scale;
-            if *v > max {
-                max = *v;
-            }
-        }
-        let mut sum = T::zero();
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        for v in row.iter_mut() {
-            *v /= sum;
-        }
+        T::softmax_row(row, scale);
     }
 }
 

@@ -4,6 +4,7 @@ pub mod gemm;
 pub mod im2col;
 pub mod real;
 pub mod reduce;
+pub mod softmax_row;
 
 use std::sync::Mutex;
 

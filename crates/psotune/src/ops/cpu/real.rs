@@ -9,6 +9,8 @@ pub trait Real: WithDType {
     /// libm's erf, the function candle's `gelu_erf` kernel calls, so fused
     /// GELU forwards equal candle's bit for bit.
     fn erf(self) -> Self;
+    /// In place: row <- softmax(row * scale) (the attention kernel's rows).
+    fn softmax_row(row: &mut [Self], scale: Self);
     const FRAC_1_SQRT_2: Self;
     /// 1 / sqrt(2 pi): the normal density's constant.
     const FRAC_1_SQRT_2PI: Self;
@@ -25,6 +27,9 @@ impl Real for f32 {
     }
     fn erf(self) -> Self {
         candle_core::cpu::erf::erf_f32(self)
+    }
+    fn softmax_row(row: &mut [Self], scale: Self) {
+        super::softmax_row::softmax_row_f32(row, scale)
     }
     fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
@@ -45,6 +50,22 @@ impl Real for f64 {
     }
     fn erf(self) -> Self {
         candle_core::cpu::erf::erf_f64(self)
+    }
+    /// f64 (gradient checks) keeps libm's exp: exactness over speed.
+    fn softmax_row(row: &mut [Self], scale: Self) {
+        let mut max = f64::NEG_INFINITY;
+        for v in row.iter_mut() {
+            *v *= scale;
+            max = max.max(*v);
+        }
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
     }
     fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
