@@ -59,7 +59,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     let folder = ImageFolder::open(&ctx.data)?;
     let base_select = BTreeMap::from([("style".to_string(), "twemoji".to_string()), ("split".to_string(), "train".to_string())]);
-    let base: Vec<&ImageItem> = folder.items.iter().filter(|i| psotune::eval::matches(i, &base_select)).collect();
+    let base: Vec<&ImageItem> = folder.items.iter().filter(|i| i.matches(&base_select)).collect();
     if base.is_empty() {
         bail!("{}: no base-set (twemoji, train) images", ctx.data.display());
     }

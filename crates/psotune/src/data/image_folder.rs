@@ -31,6 +31,12 @@ impl ImageItem {
         self.extra.get(key).and_then(|v| v.as_str())
     }
 
+    /// Whether every field named in `select` has the given value (the
+    /// `select = { style = "noto" }` of configs and `--prompts` of the CLI).
+    pub fn matches(&self, select: &std::collections::BTreeMap<String, String>) -> bool {
+        select.iter().all(|(k, v)| self.field(k) == Some(v.as_str()))
+    }
+
     fn error(&self, msg: impl Into<String>) -> Error {
         Error::data(&self.source, self.line, msg)
     }
@@ -66,6 +72,15 @@ impl ImageFolder {
             return Err(Error::data(&self.root, None, format!("no images left after selecting {what}")));
         }
         Ok(self)
+    }
+
+    /// Keep the items that match `select` (all of them when it is empty);
+    /// none left is an error naming the selection.
+    pub fn select(self, select: &std::collections::BTreeMap<String, String>) -> Result<Self> {
+        if select.is_empty() {
+            return Ok(self);
+        }
+        self.filter(&describe_selection(select), |i| i.matches(select))
     }
 
     /// Check that every image opens and is `width` x `height` (reads only
@@ -171,6 +186,14 @@ pub fn load_image_batch(items: &[&ImageItem], device: &Device) -> Result<Tensor>
         return Err(Error::invalid("load_image_batch: no images"));
     }
     Ok(Tensor::stack(&tensors, 0)?)
+}
+
+/// `select` as people write it: `split = "train", style = "noto"`.
+pub fn describe_selection(select: &std::collections::BTreeMap<String, String>) -> String {
+    if select.is_empty() {
+        return "(everything)".into();
+    }
+    select.iter().map(|(k, v)| format!("{k} = {v:?}")).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ mod make_pairs;
 mod pairs;
 mod parquet_pairs;
 
-pub use image_folder::{load_image_batch, ImageFolder, ImageItem, METADATA_FILE};
+pub use image_folder::{describe_selection, load_image_batch, ImageFolder, ImageItem, METADATA_FILE};
 pub use images::{check_image_size, list_images};
 pub use pairs::{PairItem, PairManifest};
 pub use make_pairs::{best_and_worst, make_pairs, PairsSpec, PairsSummary};

@@ -10,9 +10,9 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::judge::{Judge, Measures};
-use super::prompts::{describe, matches, PromptSet};
+use super::prompts::PromptSet;
 use super::sample::{sample_prompts, SampleSettings};
-use crate::data::{load_image_batch, ImageFolder, ImageItem};
+use crate::data::{describe_selection, load_image_batch, ImageFolder, ImageItem};
 use crate::error::{Error, Result};
 use crate::metrics::mean_cosine_similarity;
 use crate::models::evaluator::Evaluator;
@@ -87,9 +87,9 @@ pub struct Comparison {
 }
 
 fn selected<'a>(folder: &'a ImageFolder, select: &BTreeMap<String, String>) -> Result<Vec<&'a ImageItem>> {
-    let items: Vec<&ImageItem> = folder.items.iter().filter(|i| matches(i, select)).collect();
+    let items: Vec<&ImageItem> = folder.items.iter().filter(|i| i.matches(select)).collect();
     if items.is_empty() {
-        return Err(Error::data(&folder.root, None, format!("no images match {}", describe(select))));
+        return Err(Error::data(&folder.root, None, format!("no images match {}", describe_selection(select))));
     }
     Ok(items)
 }

@@ -13,5 +13,5 @@ mod sample;
 
 pub use compare::{compare, Candidate, CompareRow, CompareSpec, Comparison, InstanceCheck};
 pub use judge::{Judge, Measures};
-pub use prompts::{describe, matches, PromptSet};
+pub use prompts::PromptSet;
 pub use sample::{quantize_8bit, sample_prompts, SampleSettings};

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::{ImageFolder, ImageItem};
+use crate::data::{describe_selection, ImageFolder, ImageItem};
 use crate::error::{Error, Result};
 
 /// Prompts with the category and concept each was taken from.
@@ -28,14 +28,14 @@ impl PromptSet {
     pub fn from_folder(folder: &ImageFolder, select: &BTreeMap<String, String>, n: usize, seed: u64) -> Result<Self> {
         let mut seen = BTreeSet::new();
         let mut chosen: Vec<&ImageItem> = Vec::new();
-        for item in folder.items.iter().filter(|i| matches(i, select)) {
+        for item in folder.items.iter().filter(|i| i.matches(select)) {
             let concept = item.field("concept").unwrap_or(&item.text).to_string();
             if seen.insert(concept) {
                 chosen.push(item);
             }
         }
         if chosen.is_empty() {
-            return Err(Error::data(&folder.root, None, format!("no captions match {}", describe(select))));
+            return Err(Error::data(&folder.root, None, format!("no captions match {}", describe_selection(select))));
         }
         chosen.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         chosen.truncate(n.max(1));
@@ -53,18 +53,6 @@ impl PromptSet {
     pub fn is_empty(&self) -> bool {
         self.prompts.is_empty()
     }
-}
-
-/// Whether an item's manifest fields equal every value of `select`.
-pub fn matches(item: &ImageItem, select: &BTreeMap<String, String>) -> bool {
-    select.iter().all(|(k, v)| item.field(k) == Some(v.as_str()))
-}
-
-pub fn describe(select: &BTreeMap<String, String>) -> String {
-    if select.is_empty() {
-        return "(everything)".into();
-    }
-    select.iter().map(|(k, v)| format!("{k} = {v:?}")).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -38,7 +38,8 @@ pub struct StepMetrics {
     pub seconds: f64,
 }
 
-/// Appends [`StepMetrics`] lines.
+/// Appends JSON lines that carry a `step` field ([`StepMetrics`], the
+/// online task's metrics and validation records).
 pub struct MetricsLog {
     path: PathBuf,
     file: std::fs::File,
@@ -52,7 +53,7 @@ impl MetricsLog {
         let kept = match std::fs::read_to_string(path) {
             Ok(text) => text
                 .lines()
-                .filter(|l| serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step <= step))
+                .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["step"].as_u64().is_some_and(|s| s <= step)))
                 .map(|l| format!("{l}\n"))
                 .collect::<String>(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -63,7 +64,7 @@ impl MetricsLog {
         Ok(Self { path: path.to_path_buf(), file })
     }
 
-    pub fn write(&mut self, m: &StepMetrics) -> Result<()> {
+    pub fn write(&mut self, m: &impl Serialize) -> Result<()> {
         let line = serde_json::to_string(m).map_err(|source| Error::Json { path: self.path.clone(), source })?;
         writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
     }

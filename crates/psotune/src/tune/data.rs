@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use super::config::{DataConfig, PairsFormat, RunConfig};
 use std::path::PathBuf;
 
-use crate::data::{check_image_size, list_images, ImageFolder, ImageItem, PairManifest, ParquetPairs, METADATA_FILE};
+use crate::data::{check_image_size, list_images, ImageFolder, PairManifest, ParquetPairs, METADATA_FILE};
 use crate::error::{Error, Result};
 use crate::pipeline::image::load_image;
 use crate::pipeline::{Pipeline, PromptEmbeds};
@@ -67,7 +67,7 @@ impl TaskFiles {
     pub fn open(cfg: &DataConfig) -> Result<Self> {
         Ok(match cfg {
             DataConfig::Style { images, select, references_per_caption, .. } => {
-                TaskFiles::Style { folder: selected(ImageFolder::open(images)?, select)?, references_per_caption: *references_per_caption }
+                TaskFiles::Style { folder: ImageFolder::open(images)?.select(select)?, references_per_caption: *references_per_caption }
             }
             DataConfig::Pairs { manifest, format } => match PairsFormat::of(manifest, *format) {
                 PairsFormat::Jsonl => TaskFiles::Pairs(PairManifest::open(manifest)?),
@@ -75,7 +75,7 @@ impl TaskFiles {
             },
             DataConfig::Concept { instance_dir, select, instance_prompt, class_prompt, num_class_images, .. } => TaskFiles::Concept {
                 images: if instance_dir.join(METADATA_FILE).is_file() {
-                    let folder = selected(ImageFolder::open(instance_dir)?, select)?;
+                    let folder = ImageFolder::open(instance_dir)?.select(select)?;
                     folder.items.into_iter().map(|i| (i.path, i.source, i.line)).collect()
                 } else if !select.is_empty() {
                     return Err(Error::data(instance_dir, None, format!("data.select needs a {METADATA_FILE} here")));
@@ -100,15 +100,6 @@ impl TaskFiles {
             TaskFiles::Concept { images, .. } => images.iter().try_for_each(|(p, src, line)| check_image_size(p, width, height, src, *line)),
         }
     }
-}
-
-/// Keep the items whose manifest fields equal `select`'s values.
-fn selected(folder: ImageFolder, select: &BTreeMap<String, String>) -> Result<ImageFolder> {
-    if select.is_empty() {
-        return Ok(folder);
-    }
-    let what: Vec<String> = select.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
-    folder.filter(&what.join(", "), |i: &ImageItem| select.iter().all(|(k, v)| i.field(k) == Some(v.as_str())))
 }
 
 fn index_of(prompts: &mut Vec<String>, p: &str) -> usize {

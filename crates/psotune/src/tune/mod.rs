@@ -124,6 +124,46 @@ fn rng_from(state: NoiseRngState) -> ChaCha8Rng {
     r
 }
 
+/// Where a training loop starts: step, the noise stream, its second RNG
+/// stream and the data cursor.
+struct Start {
+    step: u64,
+    noise: NoiseRng,
+    rng: ChaCha8Rng,
+    cursor: u64,
+}
+
+/// Fresh from the seeds, or from the newest complete checkpoint (weights
+/// and AdamW moments restored into `opt`). `second` is the second
+/// stream's seed and what it draws (`timestep`, `transition`); its state is
+/// saved under that word plus "s".
+fn start(latest: Option<&crate::train::Checkpoint>, opt: &mut AdamW, noise_seed: u64, second: (u64, &str)) -> Result<Start> {
+    let Some(ck) = latest else {
+        return Ok(Start { step: 0, noise: NoiseRng::new(noise_seed), rng: ChaCha8Rng::seed_from_u64(second.0), cursor: 0 });
+    };
+    ck.restore_weights(opt.params())?;
+    ck.restore_optimizer(opt)?;
+    let st = ck.state();
+    let bad = |what: &str| Error::Checkpoint { path: ck.dir().join(crate::train::STATE_FILE), msg: format!("no {what}") };
+    let cursor = st.data_cursor.get("next").and_then(|v| v.as_u64()).ok_or_else(|| bad("data cursor"))?;
+    let n = NoiseRng::from_state(*st.rng.get("noise").ok_or_else(|| bad("noise RNG state"))?);
+    let key = format!("{}s", second.1);
+    let rng = rng_from(*st.rng.get(key.as_str()).ok_or_else(|| bad(&format!("{} RNG state", second.1)))?);
+    Ok(Start { step: ck.step(), noise: n, rng, cursor })
+}
+
+/// The training progress bar, noting a resume.
+fn progress_bar(max_steps: u64, resumed_from: u64) -> ProgressBar {
+    let pb = ProgressBar::new(max_steps).with_position(resumed_from);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]") {
+        pb.set_style(style);
+    }
+    if resumed_from > 0 {
+        note(&pb, format!("resumed from step {resumed_from}"));
+    }
+    pb
+}
+
 /// Train as `cfg` says, writing into `run_dir`. With `resume`, continue
 /// from the newest complete checkpoint there (the directory's config.toml
 /// must equal `cfg`); without it, the directory must hold no checkpoint.
@@ -179,29 +219,10 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     let (noise_seed, t_seed, ref_seed) = (data::splitmix(o.seed ^ 1), data::splitmix(o.seed ^ 2), data::splitmix(o.seed ^ 3));
 
     // 0d. Start fresh or resume from the newest complete checkpoint.
-    let (mut step, mut noise, mut t_rng, mut cursor) = match &latest {
-        Some(ck) => {
-            ck.restore_weights(opt.params())?;
-            ck.restore_optimizer(&mut opt)?;
-            let st = ck.state();
-            let bad = |what: &str| Error::Checkpoint { path: ck.dir().join(crate::train::STATE_FILE), msg: format!("no {what}") };
-            let cursor = st.data_cursor.get("next").and_then(|v| v.as_u64()).ok_or_else(|| bad("data cursor"))?;
-            let noise = NoiseRng::from_state(*st.rng.get("noise").ok_or_else(|| bad("noise RNG state"))?);
-            let t_rng = rng_from(*st.rng.get("timesteps").ok_or_else(|| bad("timestep RNG state"))?);
-            (ck.step(), noise, t_rng, cursor)
-        }
-        None => (0, NoiseRng::new(noise_seed), ChaCha8Rng::seed_from_u64(t_seed), 0),
-    };
+    let Start { mut step, mut noise, rng: mut t_rng, mut cursor } = start(latest.as_ref(), &mut opt, noise_seed, (t_seed, "timestep"))?;
     let resumed_from = step;
     let mut metrics = artefacts::MetricsLog::open(&run_dir.join(METRICS_FILE), step)?;
-
-    let pb = ProgressBar::new(o.max_steps).with_position(step);
-    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]") {
-        pb.set_style(style);
-    }
-    if resumed_from > 0 {
-        note(&pb, format!("resumed from step {resumed_from}"));
-    }
+    let pb = progress_bar(o.max_steps, resumed_from);
     let grid = |step: u64| -> Result<()> {
         let path = run_dir.join(SAMPLES_DIR).join(format!("{}.png", artefacts::step_name(step)));
         artefacts::sample_grid(&pipe, &val_prompts, &cfg.validation.seeds, cfg.validation.steps, &path)

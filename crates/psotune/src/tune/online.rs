@@ -19,12 +19,10 @@
 //! bit-exactly).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -32,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{DataConfig, RunConfig};
 use super::data::splitmix;
-use super::{artefacts, note, rng_from, rng_state, Summary, Trainable, SAMPLES_DIR};
+use super::{artefacts, note, rng_state, Summary, Trainable, SAMPLES_DIR};
 use crate::diffusion::{gaussian_log_prob, NoiseRng, Sampler};
 use crate::error::{Error, Result};
 use crate::objectives::{pso_online, ObjectiveKind};
@@ -255,35 +253,6 @@ pub struct ValidationRecord {
     pub scores: Vec<f32>,
 }
 
-/// An append-only JSON-lines file whose lines after the resumed step
-/// (written before a crash) are dropped on open.
-struct Jsonl {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl Jsonl {
-    fn open(path: &Path, step: u64) -> Result<Self> {
-        let kept = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .lines()
-                .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["step"].as_u64().is_some_and(|s| s <= step)))
-                .map(|l| format!("{l}\n"))
-                .collect::<String>(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(Error::io(path, e)),
-        };
-        std::fs::write(path, kept).map_err(|e| Error::io(path, e))?;
-        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
-        Ok(Self { path: path.to_path_buf(), file })
-    }
-
-    fn write(&mut self, v: &impl Serialize) -> Result<()> {
-        let line = serde_json::to_string(v).map_err(|source| Error::Json { path: self.path.clone(), source })?;
-        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
-    }
-}
-
 /// Everything step 7 needs.
 struct Validation<'a> {
     prompts: &'a [String],
@@ -390,30 +359,13 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     let (noise_seed, pick_seed, order_seed) = (splitmix(o.seed ^ 1), splitmix(o.seed ^ 4), splitmix(o.seed ^ 5));
 
     // 0d. Start fresh or resume from the newest complete checkpoint.
-    let (mut step, mut noise, mut pick_rng, mut cursor) = match &latest {
-        Some(ck) => {
-            ck.restore_weights(opt.params())?;
-            ck.restore_optimizer(&mut opt)?;
-            let st = ck.state();
-            let bad = |what: &str| Error::Checkpoint { path: ck.dir().join(crate::train::STATE_FILE), msg: format!("no {what}") };
-            let cursor = st.data_cursor.get("next").and_then(|v| v.as_u64()).ok_or_else(|| bad("data cursor"))?;
-            let noise = NoiseRng::from_state(*st.rng.get("noise").ok_or_else(|| bad("noise RNG state"))?);
-            let pick = rng_from(*st.rng.get("transitions").ok_or_else(|| bad("transition RNG state"))?);
-            (ck.step(), noise, pick, cursor)
-        }
-        None => (0, NoiseRng::new(noise_seed), ChaCha8Rng::seed_from_u64(pick_seed), 0),
-    };
+    let super::Start { mut step, mut noise, rng: mut pick_rng, mut cursor } =
+        super::start(latest.as_ref(), &mut opt, noise_seed, (pick_seed, "transition"))?;
     let resumed_from = step;
-    let mut metrics = Jsonl::open(&run_dir.join(super::METRICS_FILE), step)?;
-    let mut val_log = Jsonl::open(&run_dir.join(VALIDATION_FILE), step)?;
+    let mut metrics = super::artefacts::MetricsLog::open(&run_dir.join(super::METRICS_FILE), step)?;
+    let mut val_log = super::artefacts::MetricsLog::open(&run_dir.join(VALIDATION_FILE), step)?;
 
-    let pb = ProgressBar::new(o.max_steps).with_position(step);
-    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]") {
-        pb.set_style(style);
-    }
-    if resumed_from > 0 {
-        note(&pb, format!("resumed from step {resumed_from}"));
-    }
+    let pb = super::progress_bar(o.max_steps, resumed_from);
     let validation = Validation { prompts: &val_prompts, seeds: &cfg.validation.seeds, steps: cfg.validation.steps };
     if step == 0 {
         // The model before training, to compare with.
