@@ -157,3 +157,34 @@ fn half_precision_and_fp16_variant_load_and_sample() {
     }
 }
 
+
+#[test]
+fn first_step_x0_is_the_one_step_sample() {
+    // The one-step transfer term trains through `first_step_x0` and reads
+    // `denoise(..).first_x0`: both must be what a 1-step sample returns,
+    // with and without guidance, for an ancestral and a consistency sampler.
+    let pipe = Pipeline::load(&fixtures().join("sd21-tiny"), &LoadOptions::default()).unwrap();
+    let g = golden("sd21-tiny");
+    let init = g["sample.init_latents"].clone();
+    let cond = pipe.encode_prompts(&["a photo of a dog"]).unwrap();
+    for (kind, guidance) in [(SamplerKind::Turbo, 0.0), (SamplerKind::Lcm, 0.0), (SamplerKind::Turbo, 3.0)] {
+        let one = pipe
+            .sample(&SampleRequest {
+                prompts: vec!["a photo of a dog".into()],
+                sampler: Some(kind),
+                steps: Some(1),
+                width: Some(16),
+                height: Some(16),
+                guidance: Some(guidance),
+                init_latents: Some(init.clone()),
+                ..Default::default()
+            })
+            .unwrap();
+        let four = pipe.sampler(kind, 4, None).unwrap();
+        let x0 = pipe.first_step_x0(four.as_ref(), &init, &cond, guidance, None, (16, 16)).unwrap();
+        assert!(rel_err(&x0, &one.latents) < 1e-5, "{kind:?} guidance {guidance}: first_step_x0");
+        let chain = pipe.denoise(four.as_ref(), &init, &cond, guidance, None, (16, 16), |_, s| Ok(Tensor::zeros(s, DType::F32, &Device::Cpu)?)).unwrap();
+        assert!(rel_err(&chain.first_x0, &one.latents) < 1e-5, "{kind:?} guidance {guidance}: denoise first_x0");
+        assert!(rel_err(&chain.latents, &one.latents) > 1e-3, "{kind:?}: the 4-step chain went further");
+    }
+}

@@ -11,5 +11,5 @@ pub mod text;
 pub use defaults::{SamplerKind, SamplingDefaults};
 pub use folder::{Family, ModelFolder};
 pub use load::LoadOptions;
-pub use sample::{read_init_latents, Pipeline, SampleOutput, SampleRequest};
+pub use sample::{read_init_latents, Chain, Pipeline, SampleOutput, SampleRequest};
 pub use text::PromptEmbeds;

@@ -61,6 +61,15 @@ pub struct SampleOutput {
     pub guidance: f64,
 }
 
+/// What [`Pipeline::denoise`] produced.
+pub struct Chain {
+    /// Final latents, [B, C, h, w].
+    pub latents: Tensor,
+    /// The sampler's clean estimate after the first step: what a 1-step
+    /// sample of a distilled model at the same first timestep returns.
+    pub first_x0: Tensor,
+}
+
 impl Pipeline {
     pub fn load(root: &Path, opts: &LoadOptions) -> Result<Self> {
         if opts.dtype == DType::BF16 && opts.device.is_cpu() {
@@ -199,8 +208,40 @@ impl Pipeline {
 
         let prompts: Vec<&str> = req.prompts.iter().map(String::as_str).collect();
         let cond = self.encode_prompts(&prompts)?;
-        let cfg = guidance > 1.0;
-        let embeds = if cfg { PromptEmbeds::cat(&self.negative_embeds(req.negative_prompt.as_deref(), batch, &cond)?, &cond)? } else { cond };
+        let step_noise = |i: usize, shape: &candle_core::Shape| -> Result<Tensor> {
+            match &req.step_noise {
+                Some(list) => match list.get(i) {
+                    Some(z) => Ok(z.to_device(&self.device)?.to_dtype(DType::F32)?),
+                    None => Err(Error::invalid(format!("step {i} needs noise but only {} noise tensors were given", list.len()))),
+                },
+                None => Ok(rng.randn(shape, DType::F32, &self.device)?),
+            }
+        };
+        let chain = self.denoise(sampler.as_ref(), &init, &cond, guidance, req.negative_prompt.as_deref(), (width, height), step_noise)?;
+        let x = chain.latents;
+
+        let decoded = self.vae.image_from_latents(&x.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?;
+        let images = ((decoded / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.detach();
+        Ok(SampleOutput { latents: x, images, sampler: kind, timesteps: sampler.timesteps().to_vec(), guidance })
+    }
+
+    /// The denoising chain of `sampler` from unit-variance noise `init`
+    /// ([B, C, h, w]) under the prompts' embeddings `cond`, with
+    /// classifier-free guidance when `guidance` > 1 (`negative` as in
+    /// [`SampleRequest`]); `step_noise(i, shape)` gives the fresh noise of
+    /// each stochastic step i, in order. Latents only, no decoding, detached.
+    pub fn denoise(
+        &self,
+        sampler: &dyn Sampler,
+        init: &Tensor,
+        cond: &PromptEmbeds,
+        guidance: f64,
+        negative: Option<&str>,
+        (width, height): (usize, usize),
+        mut step_noise: impl FnMut(usize, &candle_core::Shape) -> Result<Tensor>,
+    ) -> Result<Chain> {
+        let batch = init.dim(0)?;
+        let embeds = if guidance > 1.0 { PromptEmbeds::cat(&self.negative_embeds(negative, batch, cond)?, cond)? } else { cond.clone() };
         let n = embeds.batch()?;
         let time_ids = match self.family() {
             Family::Sdxl => Some(self.default_time_ids(n, height, width)?),
@@ -210,36 +251,51 @@ impl Pipeline {
         // The sampler's math runs in f32 whatever the model dtype, like
         // diffusers' schedulers upcasting in `step`.
         let mut x = (init * sampler.init_noise_sigma())?;
+        let mut first_x0 = None;
         for i in 0..sampler.num_steps() {
-            let t = sampler.timesteps()[i];
-            let xin = sampler.scale_model_input(&x, i)?;
-            let xin = if cfg { Tensor::cat(&[&xin, &xin], 0)? } else { xin };
-            let tt = Tensor::full(t as f32, n, &self.device)?;
-            let out = self.predict(&xin.to_dtype(self.dtype)?, &tt, &embeds, time_ids.as_ref())?.to_dtype(DType::F32)?;
-            let out = if cfg {
-                let u = out.narrow(0, 0, batch)?;
-                let c = out.narrow(0, batch, batch)?;
-                (&u + ((c - &u)? * guidance)?)?
-            } else {
-                out
-            };
-            let noise = match (sampler.needs_noise(i), &req.step_noise) {
-                (false, _) => None,
-                (true, Some(list)) => match list.get(i) {
-                    Some(z) => Some(z.to_device(&self.device)?.to_dtype(DType::F32)?),
-                    None => return Err(Error::invalid(format!("step {i} needs noise but only {} noise tensors were given", list.len()))),
-                },
-                (true, None) => Some(rng.randn(x.shape(), DType::F32, &self.device)?),
-            };
+            let out = self.guided_output(sampler, i, &x, &embeds, guidance, time_ids.as_ref())?;
+            let noise = if sampler.needs_noise(i) { Some(step_noise(i, x.shape())?) } else { None };
             // Detached: sampling never needs gradients, and with trainable
             // adapters attached every op would otherwise keep its inputs
             // alive (a reference set of 1,700 samples held 21 GB of graph).
-            x = sampler.step(i, &x, &out, noise.as_ref())?.prev.detach();
+            let step = sampler.step(i, &x, &out, noise.as_ref())?;
+            if i == 0 {
+                first_x0 = Some(step.x0.detach());
+            }
+            x = step.prev.detach();
         }
+        let first_x0 = first_x0.unwrap_or_else(|| x.clone());
+        Ok(Chain { latents: x, first_x0 })
+    }
 
-        let decoded = self.vae.image_from_latents(&x.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?;
-        let images = ((decoded / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.detach();
-        Ok(SampleOutput { latents: x, images, sampler: kind, timesteps: sampler.timesteps().to_vec(), guidance })
+    /// The sampler's clean estimate after its first step from noise `init`,
+    /// with the graph kept (training through a 1-step sample).
+    pub fn first_step_x0(&self, sampler: &dyn Sampler, init: &Tensor, cond: &PromptEmbeds, guidance: f64, negative: Option<&str>, (width, height): (usize, usize)) -> Result<Tensor> {
+        let embeds = if guidance > 1.0 { PromptEmbeds::cat(&self.negative_embeds(negative, init.dim(0)?, cond)?, cond)? } else { cond.clone() };
+        let time_ids = match self.family() {
+            Family::Sdxl => Some(self.default_time_ids(embeds.batch()?, height, width)?),
+            Family::Sd => None,
+        };
+        let x = (init * sampler.init_noise_sigma())?;
+        let out = self.guided_output(sampler, 0, &x, &embeds, guidance, time_ids.as_ref())?;
+        Ok(sampler.transition(0, &x, &out)?.x0)
+    }
+
+    /// The network's output for step i of `sampler` at sample x, guided
+    /// when `embeds` holds [negative; conditional] (guidance > 1), in f32.
+    fn guided_output(&self, sampler: &dyn Sampler, i: usize, x: &Tensor, embeds: &PromptEmbeds, guidance: f64, time_ids: Option<&Tensor>) -> Result<Tensor> {
+        let cfg = guidance > 1.0;
+        let (batch, n) = (x.dim(0)?, embeds.batch()?);
+        let xin = sampler.scale_model_input(x, i)?;
+        let xin = if cfg { Tensor::cat(&[&xin, &xin], 0)? } else { xin };
+        let tt = Tensor::full(sampler.timesteps()[i] as f32, n, &self.device)?;
+        let out = self.predict(&xin.to_dtype(self.dtype)?, &tt, embeds, time_ids)?.to_dtype(DType::F32)?;
+        if !cfg {
+            return Ok(out);
+        }
+        let u = out.narrow(0, 0, batch)?;
+        let c = out.narrow(0, batch, batch)?;
+        Ok((&u + ((c - &u)? * guidance)?)?)
     }
 }
 

@@ -36,6 +36,9 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Wall-clock seconds of the step.
     pub seconds: f64,
+    /// Mean one-step transfer term (x0 MSE), when `objective.one-step-transfer` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<f64>,
 }
 
 /// Appends JSON lines that carry a `step` field ([`StepMetrics`], the

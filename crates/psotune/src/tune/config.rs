@@ -157,6 +157,19 @@ pub struct ObjectiveConfig {
     /// model's own sampling timesteps, e.g. 999/749/499/249).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timesteps: Option<Vec<usize>>,
+    /// Weight of the one-step transfer term (0: off). Each micro-batch
+    /// also samples the model's own K-step chain from fresh noise, tuned
+    /// and frozen, and pulls the tuned 1-step output for that noise toward
+    /// the frozen 1-step output plus the change tuning made to the K-step
+    /// output, so that 1-step samples follow what the objective teaches
+    /// the K-step ones (x0-space MSE; needs LoRA). Not part of the paper:
+    /// see the README's style-transfer experiments for why.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub one_step_transfer: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 fn default_kind() -> ObjectiveKind {
@@ -165,7 +178,7 @@ fn default_kind() -> ObjectiveKind {
 
 impl Default for ObjectiveConfig {
     fn default() -> Self {
-        Self { kind: default_kind(), beta: None, timesteps: None }
+        Self { kind: default_kind(), beta: None, timesteps: None, one_step_transfer: 0.0 }
     }
 }
 

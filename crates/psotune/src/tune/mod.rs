@@ -24,6 +24,7 @@ pub mod data;
 mod export_run;
 mod model;
 pub mod online;
+pub mod transfer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -194,13 +195,20 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
         let msg = format!("objective {} compares with the frozen model (the network with its LoRA off); full fine-tuning has none: use LoRA, pso-hinge or sft", objective.kind);
         return Err(Error::config(run.config_path(), msg));
     }
+    let transfer_weight = cfg.objective.one_step_transfer;
+    if transfer_weight != 0.0 && (switch.is_none() || !(transfer_weight > 0.0 && transfer_weight.is_finite())) {
+        let msg = format!("objective.one-step-transfer = {transfer_weight}: it must be a positive number, and it compares with the frozen model, so it needs LoRA");
+        return Err(Error::config(run.config_path(), msg));
+    }
     let schedule = NoiseSchedule::from_config(&pipe.scheduler)?;
+    // The model's own K-step chain, for the one-step transfer term.
+    let chain = {
+        let d = &pipe.defaults;
+        pipe.sampler(d.sampler, d.steps, d.timesteps.as_deref())?
+    };
     let distilled: Vec<f64> = match &cfg.objective.timesteps {
         Some(ts) => ts.iter().map(|t| *t as f64).collect(),
-        None => {
-            let d = &pipe.defaults;
-            pipe.sampler(d.sampler, d.steps, d.timesteps.as_deref())?.timesteps().to_vec()
-        }
+        None => chain.timesteps().to_vec(),
     };
 
     // 0c. Encode the fixed data once.
@@ -253,7 +261,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
         }
         let t0 = Instant::now();
         let mut acc = GradAccumulator::new();
-        let (mut loss_sum, mut acc_sum, mut margin_sum) = (0.0, None::<f64>, None::<f64>);
+        let (mut loss_sum, mut acc_sum, mut margin_sum, mut transfer_sum) = (0.0, None::<f64>, None::<f64>, None::<f64>);
         for _ in 0..o.grad_accum {
             // 1. Batch.
             let batch = gather(&set, refs.as_deref(), cursor, bs)?;
@@ -270,6 +278,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             } else {
                 None
             };
+            let own_embeds = policy_embeds.clone();
             if let Some(r) = &batch.reference {
                 x = Tensor::cat(&[&x, &schedule.add_noise(r, &eps, &t)?], 0)?;
                 tt.extend_from_slice(&t);
@@ -304,6 +313,13 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             acc_sum = out.acc.map(|a| acc_sum.unwrap_or(0.0) + a);
             margin_sum = out.margin.map(|m| margin_sum.unwrap_or(0.0) + m);
+            // 6b. The one-step transfer term, its own backward.
+            if let (Some(sw), true) = (&switch, transfer_weight > 0.0) {
+                let policy = own_embeds.as_ref().unwrap_or(&batch.embeds);
+                let term = transfer::one_step_transfer(&pipe, sw, chain.as_ref(), policy, &batch.embeds, batch.target.dims(), size, &mut noise)?;
+                acc.add_store(&(&term * transfer_weight)?.backward()?, opt.params())?;
+                transfer_sum = Some(transfer_sum.unwrap_or(0.0) + term.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            }
         }
         // 7. Clip and step.
         let mut grads = acc.finish()?;
@@ -323,6 +339,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             lr,
             grad_norm,
             seconds: t0.elapsed().as_secs_f64(),
+            transfer: transfer_sum.map(|v| v / n),
         };
         if !m.loss.is_finite() {
             return Err(Error::invalid(format!("step {step}: the loss is {}; lower optim.lr or check the data", m.loss)));
