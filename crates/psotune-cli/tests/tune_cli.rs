@@ -307,3 +307,41 @@ fn text_encoder_lora_trains_exports_and_samples() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn one_step_transfer_term_is_zero_at_the_start_and_resumes_bit_exactly() {
+    let dir = tmp("transfer");
+    let text = config("sd21-tiny", "pso", &style_section(&style_data(&dir)), 3).replace("kind = \"pso\"\n", "kind = \"pso\"\none-step-transfer = 5.0\n");
+    let cfg = write(&dir.join("style.toml"), &text);
+    let run = dir.join("run");
+    let (ok, out, err) = psotune(&["tune", &cfg, "--out", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("trained 3 steps"), "{out}");
+    let m = metrics(&run);
+    // Adapters start as the base model: tuned and frozen chains agree, so
+    // the 1-step target is the frozen 1-step output and the term is 0.
+    assert!(m[0]["transfer"].as_f64().unwrap().abs() < 1e-10, "{:?}", m[0]);
+    assert!(m[2]["transfer"].as_f64().unwrap() > 0.0, "{:?}", m[2]);
+
+    // The term draws its noise from the checkpointed stream: a run killed
+    // after its first checkpoint and resumed ends with the same weights.
+    let killed = dir.join("killed");
+    let mut child = command(&["tune", &cfg, "--out", killed.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().ends_with("step-000001") {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap();
+    let (ok, _, err) = psotune(&["tune", "--resume", killed.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let a = std::fs::read(run.join("checkpoints/step-000003/weights.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("checkpoints/step-000003/weights.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ");
+
+    // Full tuning has no frozen model to transfer from.
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("full").to_str().unwrap(), "--set", "lora.full=[\"conv_out\"]", "--set", "objective.kind=sft"]);
+    assert!(!ok && err.contains("one-step-transfer"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
