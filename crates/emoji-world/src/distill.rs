@@ -104,7 +104,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let spec = TrainerSpec {
         lr: r.lr,
         weight_decay: 0.0,
-        schedule: LrSchedule::ConstantWithWarmup { warmup_steps: r.warmup },
+        schedule: LrSchedule::WarmupStableDecay { warmup_steps: r.warmup, total_steps: r.steps, decay_steps: r.decay },
         total_steps: r.steps,
         checkpoint_every: r.checkpoint_every,
         seed: r.seed,

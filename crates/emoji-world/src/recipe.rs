@@ -85,6 +85,9 @@ pub struct DistillRecipe {
     pub batch: usize,
     pub lr: f64,
     pub warmup: u64,
+    /// The last `decay` steps take the learning rate linearly down to 0
+    /// (0: constant to the end).
+    pub decay: u64,
     /// Classifier-free guidance scale of the teacher's ODE step.
     pub guidance: f64,
     /// EMA decay of the target network.
@@ -104,6 +107,7 @@ impl Default for DistillRecipe {
             batch: 32,
             lr: 1e-4,
             warmup: 100,
+            decay: 0,
             guidance: 3.0,
             ema: 0.95,
             huber_c: 0.001,

@@ -23,6 +23,11 @@ pub enum LrSchedule {
     /// `num_cycles` periods (0.5 = a half cosine from the base rate to 0 at
     /// `total_steps`).
     Cosine { warmup_steps: u64, total_steps: u64, num_cycles: f64 },
+    /// Warmup, the base rate, then linear down to 0 over the last
+    /// `decay_steps` before `total_steps` ("warmup-stable-decay"). Until the
+    /// decay starts it equals `ConstantWithWarmup`, so a run can be
+    /// lengthened into a decay tail and resumed from its constant part.
+    WarmupStableDecay { warmup_steps: u64, total_steps: u64, decay_steps: u64 },
 }
 
 impl LrSchedule {
@@ -44,6 +49,14 @@ impl LrSchedule {
             LrSchedule::Cosine { warmup_steps, total_steps, num_cycles } => warmup(warmup_steps).unwrap_or_else(|| {
                 let progress = (step - warmup_steps) as f64 / total_steps.saturating_sub(warmup_steps).max(1) as f64;
                 (0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress).cos())).max(0.0)
+            }),
+            LrSchedule::WarmupStableDecay { warmup_steps, total_steps, decay_steps } => warmup(warmup_steps).unwrap_or_else(|| {
+                let left = total_steps.saturating_sub(step);
+                if left >= decay_steps {
+                    1.0
+                } else {
+                    left as f64 / decay_steps as f64
+                }
             }),
         }
     }
@@ -102,6 +115,11 @@ mod tests {
         assert_eq!(LrSchedule::ConstantWithWarmup { warmup_steps: 0 }.factor(0), 1.0);
         assert_eq!(LrSchedule::Linear { warmup_steps: 5, total_steps: 5 }.factor(5), 0.0);
         assert_eq!(LrSchedule::Linear { warmup_steps: 0, total_steps: 4 }.lr(2.0, 1), 1.5);
+        // Warmup-stable-decay: 2 warmup steps, flat, then 4 steps down to 0 at 10.
+        let wsd = LrSchedule::WarmupStableDecay { warmup_steps: 2, total_steps: 10, decay_steps: 4 };
+        let f: Vec<f64> = (0..12).map(|s| wsd.factor(s)).collect();
+        assert_eq!(f, [0.0, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
+        assert_eq!(LrSchedule::WarmupStableDecay { warmup_steps: 0, total_steps: 3, decay_steps: 0 }.factor(2), 1.0);
         let json = serde_json::to_string(&LrSchedule::cosine(1, 2)).unwrap();
         assert_eq!(serde_json::from_str::<LrSchedule>(&json).unwrap(), LrSchedule::cosine(1, 2));
     }
