@@ -30,8 +30,13 @@ for name in pso pso-transfer sft sft-distilled diffusion-dpo; do
     extra=(--set objective.beta="$PSO_BETA")
     # Diffusion-DPO's beta lives on another scale (its paper's 5000).
     [[ $kind == diffusion-dpo ]] && extra=(--set objective.beta=5000)
-    # PSO plus the one-step transfer term (README: why 1 step needs it).
-    [[ $name == pso-transfer ]] && extra+=(--set objective.one-step-transfer="$TRANSFER")
+    # PSO plus the one-step transfer term (README: why 1 step needs it);
+    # every other run trains its objective alone.
+    if [[ $name == pso-transfer ]]; then
+      extra+=(--set objective.one-step-transfer="$TRANSFER")
+    else
+      extra+=(--set objective.one-step-transfer=0)
+    fi
     mkdir -p "$dir"
     # Every run samples the same references (same captions, same seed): reuse them.
     [[ -d runs/style-references ]] && cp -rn runs/style-references "$dir/references"
