@@ -24,9 +24,12 @@ fn fixture_unet(trainable: bool) -> (UNet2DConditionModel, Weights) {
     (unet, w)
 }
 
-/// One training-style pass: output, then the gradients of `params` and of
-/// the latent.
-fn pass(unet: &UNet2DConditionModel, params: &[(String, Var)]) -> (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<f32>) {
+/// What one pass yields: the output, the gradients of the parameters that
+/// got one (by name), the gradient of the latent.
+type Pass = (Vec<f32>, Vec<(String, Vec<f32>)>, Vec<f32>);
+
+/// One training-style pass through `unet`.
+fn pass(unet: &UNet2DConditionModel, params: &[(String, Var)]) -> Pass {
     let dev = Device::Cpu;
     let latent = Var::from_tensor(&det_tensor(&[2, 4, 8, 8], 1).to_dtype(DType::F32).unwrap()).unwrap();
     let ctx = det_tensor(&[2, 7, 32], 2).to_dtype(DType::F32).unwrap();
