@@ -163,6 +163,8 @@ def train(args) -> None:
                 target_modules=["to_q", "to_k", "to_v", "to_out.0"],
             )
         )
+    if args.checkpointing:
+        unet.enable_gradient_checkpointing()
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
@@ -260,6 +262,7 @@ def main() -> None:
         w.add_argument("--no-flops", dest="flops", action="store_false", help="skip the FLOP count")
         if name == "train":
             w.add_argument("--lora-rank", type=int, default=0, help="0: train all weights")
+            w.add_argument("--checkpointing", action="store_true", help="diffusers' enable_gradient_checkpointing()")
         else:
             w.add_argument("--sample-steps", type=int, default=4)
     args = p.parse_args()

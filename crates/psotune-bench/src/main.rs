@@ -39,6 +39,9 @@ enum Cmd {
         /// 0 trains all weights; r > 0 trains only rank-r LoRA on the attention projections.
         #[arg(long, default_value_t = 0)]
         lora_rank: usize,
+        /// Gradient checkpointing of every UNet resnet and transformer.
+        #[arg(long)]
+        checkpointing: bool,
         #[arg(long, default_value_t = 3)]
         steps: usize,
         #[arg(long, default_value_t = 1)]
@@ -79,8 +82,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let gflops = 2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9;
             println!("RESULT workload=gemm ms={ms:.2} gflops={gflops:.1}");
         }
-        Cmd::Train { model, batch, latent, lora_rank, steps, warmup } => {
-            let args = workloads::TrainArgs { model: &model, batch, latent, lora_rank, steps, warmup };
+        Cmd::Train { model, batch, latent, lora_rank, checkpointing, steps, warmup } => {
+            let args = workloads::TrainArgs { model: &model, batch, latent, lora_rank, checkpointing, steps, warmup };
             let (t, n_train) = workloads::train(&args)?;
             let peak = peak_rss_mb();
             println!(

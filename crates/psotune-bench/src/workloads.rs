@@ -69,6 +69,7 @@ pub struct TrainArgs<'a> {
     pub batch: usize,
     pub latent: usize,
     pub lora_rank: usize,
+    pub checkpointing: bool,
     pub steps: usize,
     pub warmup: usize,
 }
@@ -78,6 +79,7 @@ pub fn train(a: &TrainArgs) -> Result<(Timing, usize)> {
     let dev = Device::Cpu;
     let full = a.lora_rank == 0;
     let (mut unet, weights) = load_unet(a.model, full, &dev)?;
+    unet.set_gradient_checkpointing(a.checkpointing);
     let load_peak_mb = crate::peak_rss_mb();
     // LoRA as tools/bench_pytorch.py's peft config: rank r, lora_alpha = r
     // (scale 1), gaussian init, on to_q/to_k/to_v/to_out.0 of every attention.

@@ -150,6 +150,30 @@ fn style_pso_runs_exports_and_resumes_bit_exactly() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `[model] gradient-checkpointing` changes memory, not training: the same
+/// losses and gradient norms step by step (up to the order of summing).
+#[test]
+fn gradient_checkpointing_trains_like_without() {
+    let dir = tmp("ckpt");
+    let cfg = write(&dir.join("style.toml"), &config("sd21-tiny", "pso", &style_section(&style_data(&dir)), 3));
+    let mut runs = Vec::new();
+    for (name, on) in [("plain", "false"), ("ckpt", "true")] {
+        let run = dir.join(name);
+        let set = format!("model.gradient-checkpointing={on}");
+        let (ok, _, err) = psotune(&["tune", &cfg, "--set", &set, "--set", "validation.every=100", "--out", run.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        runs.push(metrics(&run));
+    }
+    assert_eq!(runs[0].len(), 3);
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        for key in ["loss", "grad_norm"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "step {}: {key} {x} vs {y}", a["step"]);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn pairs_and_concept_tasks_run() {
     let dir = tmp("tasks");

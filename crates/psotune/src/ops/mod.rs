@@ -10,6 +10,7 @@ mod activation;
 mod attention;
 mod attention_heads;
 mod bias;
+mod checkpoint;
 mod conv;
 /// Slice helpers of the CPU kernels, shared with the optimizer's in-place update.
 pub(crate) mod cpu;
@@ -22,6 +23,7 @@ mod upsample;
 
 pub use activation::{gelu_erf, quick_gelu, silu};
 pub use bias::bias_add_last;
+pub use checkpoint::checkpoint;
 pub use conv::{conv2d, conv2d_bias};
 pub use group_norm_fused::{group_norm_fused, group_norm_silu};
 pub use attention::{attention, attention_with_limit, ATTENTION_CHUNK_ELEMS};

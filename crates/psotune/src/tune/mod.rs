@@ -186,6 +186,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     // 0b. The model, the trained parameters, and the image size the data must have.
     let opts = LoadOptions { dtype: cfg.dtype(), variant: cfg.model.variant.clone(), ..Default::default() };
     let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
+    pipe.unet.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
     let size = (pipe.defaults.width.unwrap_or(512), pipe.defaults.height.unwrap_or(512));
     files.check_size(size.0 as u32, size.1 as u32)?;
     let trainable = Trainable::attach_pipeline(&mut pipe, &cfg.lora)?;

@@ -316,6 +316,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     // 0b. The model, its adapters, the training sampler.
     let opts = LoadOptions { dtype: cfg.dtype(), variant: cfg.model.variant.clone(), ..Default::default() };
     let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
+    pipe.unet.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
     let size = (pipe.defaults.width.unwrap_or(512), pipe.defaults.height.unwrap_or(512));
     if pipe.defaults.guidance > 1.0 {
         let msg = format!("online PSO scores transitions of the unguided network; this model samples with guidance {}", pipe.defaults.guidance);

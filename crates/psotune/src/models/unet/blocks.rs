@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use super::attention::TransformerSpec;
 use super::transformer::Transformer2DModel;
 use crate::models::blocks::{Downsample2D, ResnetBlock2D, Upsample2D};
+use crate::ops;
 
 /// What every resnet of the UNet shares.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +50,36 @@ fn context(ctx: Option<&Tensor>) -> Result<&Tensor> {
     ctx.ok_or_else(|| candle_core::Error::Msg("a cross-attention block needs encoder_hidden_states".into()))
 }
 
+// Gradient checkpointing (`ops::checkpoint`) wraps each resnet and each
+// Transformer2DModel, as diffusers' `enable_gradient_checkpointing` does:
+// one unit per module keeps the inputs simple (a feature map plus the time
+// embedding or the text states) and still drops nearly all activations.
+// The up blocks' concatenation with the skip runs inside the unit, so the
+// saved inputs are tensors the graph holds anyway, not a new copy.
+
+fn resnet_forward(resnet: &ResnetBlock2D, x: &Tensor, skip: Option<&Tensor>, temb: &Tensor, ckpt: bool) -> Result<Tensor> {
+    let run = |r: &ResnetBlock2D, x: &Tensor, skip: Option<&Tensor>, temb: &Tensor| match skip {
+        Some(s) => r.forward(&Tensor::cat(&[x, s], 1)?, Some(temb)),
+        None => r.forward(x, Some(temb)),
+    };
+    if !ckpt {
+        return run(resnet, x, skip, temb);
+    }
+    let r = resnet.clone();
+    match skip {
+        Some(s) => ops::checkpoint(&[x, s, temb], move |a| run(&r, &a[0], Some(&a[1]), &a[2])),
+        None => ops::checkpoint(&[x, temb], move |a| run(&r, &a[0], None, &a[1])),
+    }
+}
+
+fn attention_forward(attn: &Transformer2DModel, x: &Tensor, ctx: &Tensor, ckpt: bool) -> Result<Tensor> {
+    if !ckpt {
+        return attn.forward(x, ctx);
+    }
+    let a = attn.clone();
+    ops::checkpoint(&[x, ctx], move |i| a.forward(&i[0], &i[1]))
+}
+
 /// diffusers `DownBlock2D` (no `attentions`) / `CrossAttnDownBlock2D`.
 #[derive(Debug, Clone)]
 pub struct DownBlock {
@@ -57,6 +88,9 @@ pub struct DownBlock {
     pub attentions: Vec<Transformer2DModel>,
     /// Checkpoint key `downsamplers.0`; absent in the last block.
     pub downsamplers: Option<Downsample2D>,
+    /// Recompute each resnet and transformer in the backward pass instead
+    /// of keeping their activations (`ops::checkpoint`); off by default.
+    pub gradient_checkpointing: bool,
 }
 
 impl DownBlock {
@@ -95,7 +129,7 @@ impl DownBlock {
         } else {
             None
         };
-        Ok(Self { resnets, attentions, downsamplers })
+        Ok(Self { resnets, attentions, downsamplers, gradient_checkpointing: false })
     }
 
     /// Returns the output and the states the up path will use as skips
@@ -103,10 +137,11 @@ impl DownBlock {
     pub fn forward(&self, x: &Tensor, temb: &Tensor, ctx: Option<&Tensor>) -> Result<(Tensor, Vec<Tensor>)> {
         let mut x = x.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
+        let ckpt = self.gradient_checkpointing;
         for (i, resnet) in self.resnets.iter().enumerate() {
-            x = resnet.forward(&x, Some(temb))?;
+            x = resnet_forward(resnet, &x, None, temb, ckpt)?;
             if let Some(attn) = self.attentions.get(i) {
-                x = attn.forward(&x, context(ctx)?)?;
+                x = attention_forward(attn, &x, context(ctx)?, ckpt)?;
             }
             states.push(x.clone());
         }
@@ -123,6 +158,8 @@ impl DownBlock {
 pub struct UNetMidBlock2DCrossAttn {
     pub resnets: Vec<ResnetBlock2D>,
     pub attentions: Vec<Transformer2DModel>,
+    /// As [`DownBlock::gradient_checkpointing`].
+    pub gradient_checkpointing: bool,
 }
 
 impl UNetMidBlock2DCrossAttn {
@@ -142,14 +179,15 @@ impl UNetMidBlock2DCrossAttn {
         // The mid block never uses only_cross_attention (diffusers does not pass it).
         let attn = AttentionSpec { only_cross_attention: false, ..attn };
         let attentions = vec![attn.load(vb.pp("attentions").pp(0), channels, depth, resnet.groups)?];
-        Ok(Self { resnets, attentions })
+        Ok(Self { resnets, attentions, gradient_checkpointing: false })
     }
 
     pub fn forward(&self, x: &Tensor, temb: &Tensor, ctx: &Tensor) -> Result<Tensor> {
-        let mut x = self.resnets[0].forward(x, Some(temb))?;
+        let ckpt = self.gradient_checkpointing;
+        let mut x = resnet_forward(&self.resnets[0], x, None, temb, ckpt)?;
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            x = attn.forward(&x, ctx)?;
-            x = resnet.forward(&x, Some(temb))?;
+            x = attention_forward(attn, &x, ctx, ckpt)?;
+            x = resnet_forward(resnet, &x, None, temb, ckpt)?;
         }
         Ok(x)
     }
@@ -162,6 +200,8 @@ pub struct UpBlock {
     pub attentions: Vec<Transformer2DModel>,
     /// Checkpoint key `upsamplers.0`; absent in the last block.
     pub upsamplers: Option<Upsample2D>,
+    /// As [`DownBlock::gradient_checkpointing`].
+    pub gradient_checkpointing: bool,
 }
 
 impl UpBlock {
@@ -199,7 +239,7 @@ impl UpBlock {
         }
         let upsamplers =
             if add_upsample { Some(Upsample2D::load(vb.pp("upsamplers").pp(0), out_channels, out_channels)?) } else { None };
-        Ok(Self { resnets, attentions, upsamplers })
+        Ok(Self { resnets, attentions, upsamplers, gradient_checkpointing: false })
     }
 
     /// `skips`: this block's skip states in down-path order (the last one is
@@ -216,11 +256,12 @@ impl UpBlock {
         if skips.len() != self.resnets.len() {
             candle_core::bail!("up block: {} skip states for {} resnets", skips.len(), self.resnets.len());
         }
+        let ckpt = self.gradient_checkpointing;
         let mut x = x.clone();
         for (i, (resnet, skip)) in self.resnets.iter().zip(skips.iter().rev()).enumerate() {
-            x = resnet.forward(&Tensor::cat(&[&x, skip], 1)?, Some(temb))?;
+            x = resnet_forward(resnet, &x, Some(skip), temb, ckpt)?;
             if let Some(attn) = self.attentions.get(i) {
-                x = attn.forward(&x, context(ctx)?)?;
+                x = attention_forward(attn, &x, context(ctx)?, ckpt)?;
             }
         }
         match &self.upsamplers {

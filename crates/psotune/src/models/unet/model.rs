@@ -140,6 +140,29 @@ impl UNet2DConditionModel {
         &self.config
     }
 
+    /// Gradient checkpointing (diffusers' `enable_gradient_checkpointing`):
+    /// every resnet and transformer of the down, mid and up blocks keeps only
+    /// its inputs for the backward pass and is run again there
+    /// ([`crate::ops::checkpoint`]). Same gradients, far less memory held
+    /// between forward and backward, about one more forward of compute.
+    /// Forward passes without gradients are unaffected.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        for b in &mut self.down_blocks {
+            b.gradient_checkpointing = on;
+        }
+        if let Some(m) = &mut self.mid_block {
+            m.gradient_checkpointing = on;
+        }
+        for b in &mut self.up_blocks {
+            b.gradient_checkpointing = on;
+        }
+    }
+
+    /// Whether [`Self::set_gradient_checkpointing`] is on.
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.down_blocks.first().is_some_and(|b| b.gradient_checkpointing)
+    }
+
     /// Predict from `sample` [B, C, H, W] at `timesteps` ([B] per sample, or
     /// [1] / a scalar for all; any dtype) given `encoder_hidden_states`
     /// [B, M, D]. `added` is required by SDXL-style (`text_time`) UNets.
@@ -303,3 +326,7 @@ mod tests {
         assert!(unet.forward(&x, &bad, &ctx, Some(&added)).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "checkpointing_tests.rs"]
+mod checkpointing_tests;
