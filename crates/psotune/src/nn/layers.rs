@@ -30,15 +30,19 @@ impl Linear {
 }
 
 /// `x W^T` over the last dimension of `x`, any rank.
+/// A weight that tracks no gradient (frozen) goes through
+/// [`ops::matmul_frozen_weight`], whose backward skips the weight gradient
+/// candle's matmul would compute and throw away.
 pub(crate) fn matmul_last(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let w = weight.t()?;
+    let frozen = !weight.track_op() && weight.rank() == 2;
+    let product = |x2: &Tensor| if frozen { ops::matmul_frozen_weight(x2, weight) } else { x2.matmul(&weight.t()?) };
     match x.rank() {
-        2 => x.matmul(&w),
+        2 => product(x),
         _ => {
             let dims = x.dims();
             let last = dims[dims.len() - 1];
             let rows: usize = dims[..dims.len() - 1].iter().product();
-            let y = x.reshape((rows, last))?.matmul(&w)?;
+            let y = product(&x.reshape((rows, last))?)?;
             let mut out_dims = dims[..dims.len() - 1].to_vec();
             out_dims.push(weight.dim(0)?);
             y.reshape(out_dims)

@@ -8,8 +8,10 @@
 //! 1-step samples worse (README, style transfer). This term asks the 1-step
 //! map to change the way the K-step map changed: for fresh noise z,
 //!
-//!     target(z) = x0_pre^1(z) + ( x_theta^K(z) - x_pre^K(z) )
-//!     L = mse( x0_theta^1(z), target(z) )
+//! ```text
+//! target(z) = x0_pre^1(z) + ( x_theta^K(z) - x_pre^K(z) )
+//! L = mse( x0_theta^1(z), target(z) )
+//! ```
 //!
 //! with the same step noise in both K-step chains. It is zero at the start
 //! (theta = pre) and needs no data: it never pulls the 1-step map toward a

@@ -89,3 +89,29 @@ fn bias_add_matches_broadcast_add_and_has_gradients() {
     assert_same_grads(&big, |t| bias_add_last(&t[0], &t[1]), |t| t[0].broadcast_add(&t[1]));
     assert!(bias_add_last(&y, &det(&[6], 1)).is_err());
 }
+
+#[test]
+fn frozen_weight_linear_matches_matmul_and_gives_only_the_input_gradient() {
+    use crate::ops::matmul_frozen_weight;
+    let (x, w) = (det(&[37, 24], 21), det(&[10, 24], 22));
+    for dt in [DType::F64, DType::F32] {
+        let c = |t: &Tensor| t.to_dtype(dt).unwrap();
+        let got = matmul_frozen_weight(&c(&x), &c(&w)).unwrap();
+        let want = c(&x).matmul(&c(&w).t().unwrap()).unwrap();
+        let tol = if dt == DType::F64 { 1e-12 } else { 1e-5 };
+        assert!(max_diff(&got, &want) < tol, "{dt:?}: {}", max_diff(&got, &want));
+    }
+    // The input's gradient by finite differences, the weight held constant.
+    let wc = w.clone();
+    assert_grads(&[det(&[5, 6], 23)], move |t| matmul_frozen_weight(&t[0], &wc.narrow(1, 0, 6).unwrap()));
+    // Through a graph: x tracks, the frozen weight gets no gradient at all.
+    let xv = Var::from_tensor(&x).unwrap();
+    let store = project(&matmul_frozen_weight(xv.as_tensor(), &w).unwrap(), 3).unwrap().backward().unwrap();
+    let plain = project(&xv.as_tensor().matmul(&w.t().unwrap()).unwrap(), 3).unwrap().backward().unwrap();
+    assert!(max_diff(store.get(xv.as_tensor()).unwrap(), plain.get(xv.as_tensor()).unwrap()) < 1e-12);
+    // candle's matmul also computes (and keeps, under W^T's id) the weight's
+    // gradient; this op stores one gradient fewer: none for the weight.
+    assert!(store.get(&w).is_none(), "the frozen weight got a gradient");
+    assert_eq!(store.get_ids().count() + 1, plain.get_ids().count(), "no weight gradient is computed");
+    assert!(matmul_frozen_weight(&x, &det(&[10, 23], 1)).is_err());
+}
