@@ -1,5 +1,6 @@
 //! CPU kernels behind the fast custom ops: plain slices in, plain slices out.
 
+mod erf_fast;
 pub mod gemm;
 pub mod im2col;
 pub mod real;

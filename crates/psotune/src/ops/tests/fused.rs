@@ -56,12 +56,13 @@ fn fused_layer_norm_gradients() {
 }
 
 #[test]
-fn fused_geglu_forward_equals_composed_bit_for_bit() {
+fn fused_geglu_forward_equals_composed() {
+    // f64: candle's expression, bit for bit; f32: the libm-free row math.
     let p = (det(&[4, 300, 40], 10) * 3.0).unwrap();
-    for t in [p.clone(), f32(&p)] {
+    for (t, tol) in [(p.clone(), 0.0), (f32(&p), 2e-6 * 9.0)] {
         let (a, b) = (geglu(&t).unwrap(), geglu_composed(&t).unwrap());
         assert_eq!(a.dims(), [4, 300, 20]);
-        assert_eq!(max_diff(&a, &b), 0.0);
+        assert!(max_diff(&a, &b) <= tol, "{:?}: {}", t.dtype(), max_diff(&a, &b));
     }
 }
 
@@ -114,4 +115,15 @@ fn frozen_weight_linear_matches_matmul_and_gives_only_the_input_gradient() {
     assert!(store.get(&w).is_none(), "the frozen weight got a gradient");
     assert_eq!(store.get_ids().count() + 1, plain.get_ids().count(), "no weight gradient is computed");
     assert!(matmul_frozen_weight(&x, &det(&[10, 23], 1)).is_err());
+}
+
+#[test]
+fn fused_geglu_f32_gradients_match_f64() {
+    // The f32 rows run the libm-free erf/exp; their gradient is the f64
+    // one to f32 accuracy.
+    let p = (det(&[2, 300, 40], 31) * 3.0).unwrap();
+    let g64 = grads_of(&[p.clone()], |t| geglu(&t[0]));
+    let g32 = grads_of(&[f32(&p)], |t| geglu(&t[0]));
+    let scale = g64[0].abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(max_diff(&g32[0], &g64[0]) < 1e-5 * scale, "{}", max_diff(&g32[0], &g64[0]));
 }
