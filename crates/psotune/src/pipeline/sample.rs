@@ -230,6 +230,7 @@ impl Pipeline {
     /// classifier-free guidance when `guidance` > 1 (`negative` as in
     /// [`SampleRequest`]); `step_noise(i, shape)` gives the fresh noise of
     /// each stochastic step i, in order. Latents only, no decoding, detached.
+    #[allow(clippy::too_many_arguments)]
     pub fn denoise(
         &self,
         sampler: &dyn Sampler,

@@ -122,7 +122,7 @@ fn fused_geglu_f32_gradients_match_f64() {
     // The f32 rows run the libm-free erf/exp; their gradient is the f64
     // one to f32 accuracy.
     let p = (det(&[2, 300, 40], 31) * 3.0).unwrap();
-    let g64 = grads_of(&[p.clone()], |t| geglu(&t[0]));
+    let g64 = grads_of(std::slice::from_ref(&p), |t| geglu(&t[0]));
     let g32 = grads_of(&[f32(&p)], |t| geglu(&t[0]));
     let scale = g64[0].abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
     assert!(max_diff(&g32[0], &g64[0]) < 1e-5 * scale, "{}", max_diff(&g32[0], &g64[0]));
