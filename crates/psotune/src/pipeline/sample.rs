@@ -238,16 +238,10 @@ impl Pipeline {
         cond: &PromptEmbeds,
         guidance: f64,
         negative: Option<&str>,
-        (width, height): (usize, usize),
+        size: (usize, usize),
         mut step_noise: impl FnMut(usize, &candle_core::Shape) -> Result<Tensor>,
     ) -> Result<Chain> {
-        let batch = init.dim(0)?;
-        let embeds = if guidance > 1.0 { PromptEmbeds::cat(&self.negative_embeds(negative, batch, cond)?, cond)? } else { cond.clone() };
-        let n = embeds.batch()?;
-        let time_ids = match self.family() {
-            Family::Sdxl => Some(self.default_time_ids(n, height, width)?),
-            Family::Sd => None,
-        };
+        let (embeds, time_ids) = self.guided_inputs(cond, init.dim(0)?, guidance, negative, size)?;
 
         // The sampler's math runs in f32 whatever the model dtype, like
         // diffusers' schedulers upcasting in `step`.
@@ -271,15 +265,22 @@ impl Pipeline {
 
     /// The sampler's clean estimate after its first step from noise `init`,
     /// with the graph kept (training through a 1-step sample).
-    pub fn first_step_x0(&self, sampler: &dyn Sampler, init: &Tensor, cond: &PromptEmbeds, guidance: f64, negative: Option<&str>, (width, height): (usize, usize)) -> Result<Tensor> {
-        let embeds = if guidance > 1.0 { PromptEmbeds::cat(&self.negative_embeds(negative, init.dim(0)?, cond)?, cond)? } else { cond.clone() };
+    pub fn first_step_x0(&self, sampler: &dyn Sampler, init: &Tensor, cond: &PromptEmbeds, guidance: f64, negative: Option<&str>, size: (usize, usize)) -> Result<Tensor> {
+        let (embeds, time_ids) = self.guided_inputs(cond, init.dim(0)?, guidance, negative, size)?;
+        let x = (init * sampler.init_noise_sigma())?;
+        let out = self.guided_output(sampler, 0, &x, &embeds, guidance, time_ids.as_ref())?;
+        Ok(sampler.transition(0, &x, &out)?.x0)
+    }
+
+    /// The embeddings the network sees for `batch` samples of `cond`
+    /// ([negative; conditional] when guidance > 1) and SDXL's time ids.
+    fn guided_inputs(&self, cond: &PromptEmbeds, batch: usize, guidance: f64, negative: Option<&str>, (width, height): (usize, usize)) -> Result<(PromptEmbeds, Option<Tensor>)> {
+        let embeds = if guidance > 1.0 { PromptEmbeds::cat(&self.negative_embeds(negative, batch, cond)?, cond)? } else { cond.clone() };
         let time_ids = match self.family() {
             Family::Sdxl => Some(self.default_time_ids(embeds.batch()?, height, width)?),
             Family::Sd => None,
         };
-        let x = (init * sampler.init_noise_sigma())?;
-        let out = self.guided_output(sampler, 0, &x, &embeds, guidance, time_ids.as_ref())?;
-        Ok(sampler.transition(0, &x, &out)?.x0)
+        Ok((embeds, time_ids))
     }
 
     /// The network's output for step i of `sampler` at sample x, guided

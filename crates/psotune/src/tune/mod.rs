@@ -153,6 +153,21 @@ fn start(latest: Option<&crate::train::Checkpoint>, opt: &mut AdamW, noise_seed:
     Ok(Start { step: ck.step(), noise: n, rng, cursor })
 }
 
+/// Save a checkpoint the way [`start`] reads it back: trained weights,
+/// AdamW moments, the noise stream, the second stream (its seed, state and
+/// word, saved under the word plus "s") and the data cursor; noted above
+/// the bar. Returns the checkpoint's directory.
+fn save_checkpoint(run: &RunDir, pb: &ProgressBar, step: u64, opt: &AdamW, noise: &NoiseRng, second: (&ChaCha8Rng, u64, &str), cursor: u64) -> Result<PathBuf> {
+    let mut rng = BTreeMap::new();
+    rng.insert("noise".to_string(), noise.state());
+    rng.insert(format!("{}s", second.2), rng_state(second.0, second.1));
+    let weights = vars_to_tensors(opt.params());
+    let data_cursor = serde_json::json!({ "next": cursor });
+    let ck = run.save(&CheckpointContents { step, weights: &weights, optimizer: opt, rng, data_cursor })?;
+    note(pb, format!("checkpoint {}", ck.dir().display()));
+    Ok(ck.dir().to_path_buf())
+}
+
 /// The training progress bar, noting a resume.
 fn progress_bar(max_steps: u64, resumed_from: u64) -> ProgressBar {
     let pb = ProgressBar::new(max_steps).with_position(resumed_from);
@@ -357,14 +372,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             grid(step)?;
         }
         if last || step % cfg.checkpoint.every == 0 {
-            let mut rng = BTreeMap::new();
-            rng.insert("noise".to_string(), noise.state());
-            rng.insert("timesteps".to_string(), rng_state(&t_rng, t_seed));
-            let weights = vars_to_tensors(opt.params());
-            let data_cursor = serde_json::json!({ "next": cursor });
-            let ck = run.save(&CheckpointContents { step, weights: &weights, optimizer: &opt, rng, data_cursor })?;
-            last_checkpoint = ck.dir().to_path_buf();
-            note(&pb, format!("checkpoint {}", ck.dir().display()));
+            last_checkpoint = save_checkpoint(&run, &pb, step, &opt, &noise, (&t_rng, t_seed, "timestep"), cursor)?;
         }
     }
     pb.finish();

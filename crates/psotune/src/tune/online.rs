@@ -18,7 +18,6 @@
 //! moments, both RNG streams, the data cursor: a killed run resumes
 //! bit-exactly).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -30,13 +29,13 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{DataConfig, RunConfig};
 use super::data::splitmix;
-use super::{artefacts, note, rng_state, Summary, Trainable, SAMPLES_DIR};
+use super::{artefacts, note, Summary, Trainable, SAMPLES_DIR};
 use crate::diffusion::{gaussian_log_prob, NoiseRng, Sampler};
 use crate::error::{Error, Result};
 use crate::objectives::{pso_online, ObjectiveKind};
 use crate::pipeline::{Family, LoadOptions, Pipeline, PromptEmbeds, SampleRequest, SamplerKind};
 use crate::reward::Reward;
-use crate::train::{vars_to_tensors, AdamW, AdamWConfig, CheckpointContents, GradAccumulator, RunDir};
+use crate::train::{AdamW, AdamWConfig, GradAccumulator, RunDir};
 
 pub const VALIDATION_FILE: &str = "validation.jsonl";
 
@@ -481,14 +480,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
 
         // 8. Checkpoint.
         if last || step % cfg.checkpoint.every == 0 {
-            let mut rng = BTreeMap::new();
-            rng.insert("noise".to_string(), noise.state());
-            rng.insert("transitions".to_string(), rng_state(&pick_rng, pick_seed));
-            let weights = vars_to_tensors(opt.params());
-            let data_cursor = serde_json::json!({ "next": cursor });
-            let ck = run.save(&CheckpointContents { step, weights: &weights, optimizer: &opt, rng, data_cursor })?;
-            last_checkpoint = ck.dir().to_path_buf();
-            note(&pb, format!("checkpoint {}", ck.dir().display()));
+            last_checkpoint = super::save_checkpoint(&run, &pb, step, &opt, &noise, (&pick_rng, pick_seed, "transition"), cursor)?;
         }
     }
     pb.finish();
