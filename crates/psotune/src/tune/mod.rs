@@ -153,6 +153,28 @@ fn start(latest: Option<&crate::train::Checkpoint>, opt: &mut AdamW, noise_seed:
     Ok(Start { step: ck.step(), noise: n, rng, cursor })
 }
 
+/// The run directory for `cfg` and its newest complete checkpoint; a
+/// fresh run (`resume` false) into a directory with checkpoints is refused.
+fn open_run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<(RunDir, Option<crate::train::Checkpoint>)> {
+    let run = RunDir::open(run_dir, &cfg.to_toml()?)?.keep_last(cfg.checkpoint.keep_last);
+    let latest = run.latest()?;
+    if !resume && latest.is_some() {
+        let msg = "the run directory already has checkpoints; resume it with --resume or choose a new --out";
+        return Err(Error::Checkpoint { path: run.checkpoints_dir(), msg: msg.into() });
+    }
+    Ok((run, latest))
+}
+
+/// The config's model, with gradient checkpointing as asked, and the
+/// image size (width, height) it samples at.
+fn load_pipeline(cfg: &RunConfig) -> Result<(Pipeline, (usize, usize))> {
+    let opts = LoadOptions { dtype: cfg.dtype(), variant: cfg.model.variant.clone(), ..Default::default() };
+    let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
+    pipe.unet.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
+    let size = (pipe.defaults.width.unwrap_or(512), pipe.defaults.height.unwrap_or(512));
+    Ok((pipe, size))
+}
+
 /// Save a checkpoint the way [`start`] reads it back: trained weights,
 /// AdamW moments, the noise stream, the second stream (its seed, state and
 /// word, saved under the word plus "s") and the data cursor; noted above
@@ -191,18 +213,10 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     // 0a. Cheap checks first: the data files, the objective, the run directory.
     let files = TaskFiles::open(&cfg.data)?;
     let objective = Objective::new(cfg.objective.kind, cfg.objective.beta);
-    let run = RunDir::open(run_dir, &cfg.to_toml()?)?.keep_last(cfg.checkpoint.keep_last);
-    let latest = run.latest()?;
-    if !resume && latest.is_some() {
-        let msg = "the run directory already has checkpoints; resume it with --resume or choose a new --out";
-        return Err(Error::Checkpoint { path: run.checkpoints_dir(), msg: msg.into() });
-    }
+    let (run, latest) = open_run(cfg, run_dir, resume)?;
 
     // 0b. The model, the trained parameters, and the image size the data must have.
-    let opts = LoadOptions { dtype: cfg.dtype(), variant: cfg.model.variant.clone(), ..Default::default() };
-    let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
-    pipe.unet.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
-    let size = (pipe.defaults.width.unwrap_or(512), pipe.defaults.height.unwrap_or(512));
+    let (mut pipe, size) = load_pipeline(cfg)?;
     files.check_size(size.0 as u32, size.1 as u32)?;
     let trainable = Trainable::attach_pipeline(&mut pipe, &cfg.lora)?;
     let switch = trainable.switch().cloned();

@@ -33,9 +33,9 @@ use super::{artefacts, note, Summary, Trainable, SAMPLES_DIR};
 use crate::diffusion::{gaussian_log_prob, NoiseRng, Sampler};
 use crate::error::{Error, Result};
 use crate::objectives::{pso_online, ObjectiveKind};
-use crate::pipeline::{Family, LoadOptions, Pipeline, PromptEmbeds, SampleRequest, SamplerKind};
+use crate::pipeline::{Family, Pipeline, PromptEmbeds, SampleRequest, SamplerKind};
 use crate::reward::Reward;
-use crate::train::{AdamW, AdamWConfig, GradAccumulator, RunDir};
+use crate::train::{AdamW, AdamWConfig, GradAccumulator};
 
 pub const VALIDATION_FILE: &str = "validation.jsonl";
 
@@ -305,18 +305,10 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
         None => prompts.iter().take(4).cloned().collect(),
     };
     reward_cfg.check_prompts(prompts.iter().chain(&val_prompts))?;
-    let run = RunDir::open(run_dir, &cfg.to_toml()?)?.keep_last(cfg.checkpoint.keep_last);
-    let latest = run.latest()?;
-    if !resume && latest.is_some() {
-        let msg = "the run directory already has checkpoints; resume it with --resume or choose a new --out";
-        return Err(Error::Checkpoint { path: run.checkpoints_dir(), msg: msg.into() });
-    }
+    let (run, latest) = super::open_run(cfg, run_dir, resume)?;
 
     // 0b. The model, its adapters, the training sampler.
-    let opts = LoadOptions { dtype: cfg.dtype(), variant: cfg.model.variant.clone(), ..Default::default() };
-    let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
-    pipe.unet.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
-    let size = (pipe.defaults.width.unwrap_or(512), pipe.defaults.height.unwrap_or(512));
+    let (mut pipe, size) = super::load_pipeline(cfg)?;
     if pipe.defaults.guidance > 1.0 {
         let msg = format!("online PSO scores transitions of the unguided network; this model samples with guidance {}", pipe.defaults.guidance);
         return Err(Error::config(run.config_path(), msg));
@@ -490,6 +482,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::LoadOptions;
     use crate::diffusion::{build_sampler, SamplerKind as Kind, SchedulerConfig, Timesteps};
     use candle_core::Device;
 
