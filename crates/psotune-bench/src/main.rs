@@ -27,6 +27,25 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         reps: usize,
     },
+    /// One multi-head attention (psotune's kernel) forward, and forward +
+    /// backward: the UNet's hottest op on small heads.
+    Attention {
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Query tokens (32x32 latents: 1024).
+        #[arg(long, default_value_t = 1024)]
+        tokens: usize,
+        /// Key tokens; 0 = self-attention (as many as the queries).
+        #[arg(long, default_value_t = 0)]
+        keys: usize,
+        #[arg(long, default_value_t = 2)]
+        heads: usize,
+        /// Width of one head.
+        #[arg(long, default_value_t = 16)]
+        dim: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
     /// Diffusion training steps of a diffusers UNet folder.
     Train {
         #[arg(long)]
@@ -81,6 +100,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let ms = t.median();
             let gflops = 2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9;
             println!("RESULT workload=gemm ms={ms:.2} gflops={gflops:.1}");
+        }
+        Cmd::Attention { batch, tokens, keys, heads, dim, steps } => {
+            let keys = if keys == 0 { tokens } else { keys };
+            let (fwd, both) = workloads::attention(batch, tokens, keys, heads, dim, steps)?;
+            // Two products of 2 N M D flops forward; backward recomputes the
+            // scores and runs four more.
+            let flops = 2.0 * (batch * heads * tokens * keys * dim) as f64;
+            let (f, b) = (fwd.median(), both.median());
+            println!(
+                "RESULT workload=attention fwd_ms={f:.2} fwd_bwd_ms={b:.2} fwd_gflops={:.1} fwd_bwd_gflops={:.1}",
+                2.0 * flops / (f * 1e-3) / 1e9,
+                7.0 * flops / (b * 1e-3) / 1e9
+            );
         }
         Cmd::Train { model, batch, latent, lora_rank, checkpointing, steps, warmup } => {
             let args = workloads::TrainArgs { model: &model, batch, latent, lora_rank, checkpointing, steps, warmup };

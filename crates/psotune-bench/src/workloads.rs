@@ -161,3 +161,26 @@ pub fn gemm(n: usize, reps: usize) -> Result<Timing> {
         Ok(())
     })
 }
+
+/// Median times of one `ops::attention_heads` forward, and of forward +
+/// backward (the gradient of a fixed random projection of the output).
+pub fn attention(batch: usize, tokens: usize, keys: usize, heads: usize, dim: usize, steps: usize) -> Result<(Timing, Timing)> {
+    let dev = Device::Cpu;
+    let mut rng = NoiseRng::new(0);
+    let q = Var::from_tensor(&rng.randn((batch, tokens, heads * dim), DType::F32, &dev)?)?;
+    let k = Var::from_tensor(&rng.randn((batch, keys, heads * dim), DType::F32, &dev)?)?;
+    let v = Var::from_tensor(&rng.randn((batch, keys, heads * dim), DType::F32, &dev)?)?;
+    let proj = rng.randn((batch, tokens, heads * dim), DType::F32, &dev)?;
+    let scale = 1.0 / (dim as f64).sqrt();
+    let attend = || psotune::ops::attention_heads(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads, scale);
+    let fwd = timed(steps, 1, || {
+        attend()?;
+        Ok(())
+    })?;
+    let both = timed(steps, 1, || {
+        let loss = (attend()? * &proj)?.sum_all()?;
+        loss.backward()?;
+        Ok(())
+    })?;
+    Ok((fwd, both))
+}

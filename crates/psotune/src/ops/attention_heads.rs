@@ -17,12 +17,16 @@
 //! most `max(max_elems, M)` entries at once (one run of query rows of one
 //! head); nothing but q, k, v is kept for the backward.
 
+use std::sync::Mutex;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{attention_with_limit, ATTENTION_CHUNK_ELEMS};
-use super::cpu::gemm::{matmul, Mat};
+use super::cpu::attn_tiles::{add_transposed, pack_rows, pack_transposed, round_up, row_max, exp_row, scores, softmax_grad_row, unpack_rows, weighted_rows, KEY_BLOCK, LANES};
+use super::cpu::lanes::Lanes;
+use kernels::Kernels;
 use super::cpu::real::Real;
 use super::cpu::{slice_of, with_slice};
 
@@ -52,8 +56,8 @@ pub fn attention_heads_with_limit(q: &Tensor, k: &Tensor, v: &Tensor, heads: usi
     if !fast {
         return composed(q, k, v, &g, scale, max_elems);
     }
-    let rows = (max_elems / m).clamp(1, n);
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows })
+    let rows = chunk_rows(n, m, max_elems);
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows, lse: Mutex::new(None) })
 }
 
 /// Split heads, [`attention_with_limit`], merge heads (diffusers' layout
@@ -97,113 +101,184 @@ struct HeadsOp {
     scale: f64,
     /// Query rows per score chunk.
     rows: usize,
+    /// The forward's log-sum-exp of every score row, [B, heads, N]: the
+    /// backward recomputes the probabilities as exp(s scale - lse) in one
+    /// pass (candle keeps this op in the graph until the backward).
+    lse: Mutex<Option<Vec<f64>>>,
 }
 
-/// Images run on separate threads (products single-threaded) when there
-/// are enough of them; otherwise each product gets every thread.
-fn per_image(b: usize) -> (bool, usize) {
-    let threads = rayon::current_num_threads().max(1);
-    let per = b >= threads && threads > 1;
-    (per, if per { 1 } else { threads })
+/// Score elements per chunk that keep the probabilities and their
+/// gradient (two chunks) inside a core's L2 cache.
+const CACHE_CHUNK_ELEMS: usize = 1 << 15;
+
+/// Query rows per chunk: cache-sized, within the caller's memory bound.
+fn chunk_rows(n: usize, m: usize, max_elems: usize) -> usize {
+    let mp = round_up(m, KEY_BLOCK);
+    let cached = (CACHE_CHUNK_ELEMS / mp).max(8);
+    (max_elems / mp).min(cached).clamp(1, n)
 }
 
-/// Row-wise in place: s <- softmax(s * scale) over rows of length `m`.
-fn softmax_rows<T: Real>(s: &mut [T], m: usize, scale: T) {
-    for row in s.chunks_mut(m) {
-        T::softmax_row(row, scale);
-    }
+/// One task: the query rows `r0..r1` of head `h` of image `b`.
+#[derive(Clone, Copy)]
+struct Task {
+    b: usize,
+    h: usize,
+    r0: usize,
+    r1: usize,
+}
+
+/// What a backward task returns: packed dq rows, and its share of dk, dv.
+type HeadGrads<T> = (Vec<T>, Vec<T>, Vec<T>);
+
+/// The image's slice of a [B, L, W] tensor.
+fn image<T>(t: &[T], b: usize, len: usize) -> &[T] {
+    &t[b * len..][..len]
 }
 
 impl HeadsOp {
-    /// The row chunks (start, len) of the queries.
-    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> {
-        let (n, step) = (self.g.n, self.rows.max(1));
-        (0..n).step_by(step).map(move |r| (r, step.min(n - r)))
-    }
-
-    /// P for query rows `r0..r0 + rl` of head `h` of one image into `p`.
-    fn probs<T: Real>(&self, qb: &[T], kb: &[T], h: usize, (r0, rl): (usize, usize), p: &mut [T], threads: usize) {
+    /// Tasks: every (image, head), split into row ranges when there are
+    /// fewer pairs than twice the threads (one image of SD at batch 1).
+    fn tasks(&self) -> Vec<Task> {
         let g = &self.g;
-        let hd = g.heads * g.d;
-        let qm = Mat::rows(&qb[r0 * hd + h * g.d..], rl, g.d, hd);
-        let kt = Mat::transposed(&kb[h * g.d..], g.d, g.m, hd);
-        matmul(&mut p[..rl * g.m], g.m, qm, kt, false, threads);
-        softmax_rows(&mut p[..rl * g.m], g.m, T::from_f64(self.scale));
-    }
-
-    fn forward<T: Real>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
-        let g = self.g;
-        let (per, threads) = per_image(g.b);
-        let mut out = vec![T::zero(); g.b * g.o_len()];
-        let hdv = g.heads * g.dv;
-        let image = |b: usize, ob: &mut [T]| {
-            let (qb, kb, vb) = (&q[b * g.q_len()..][..g.q_len()], &k[b * g.k_len()..][..g.k_len()], &v[b * g.v_len()..][..g.v_len()]);
-            let mut p = vec![T::zero(); self.rows * g.m];
+        let threads = rayon::current_num_threads().max(1);
+        let pairs = g.b * g.heads;
+        let split = (2 * threads).div_ceil(pairs).clamp(1, g.n.div_ceil(8).max(1));
+        let per = g.n.div_ceil(split);
+        let mut out = Vec::with_capacity(pairs * split);
+        for b in 0..g.b {
             for h in 0..g.heads {
-                for (r0, rl) in self.chunks() {
-                    self.probs(qb, kb, h, (r0, rl), &mut p, threads);
-                    let vm = Mat::rows(&vb[h * g.dv..], g.m, g.dv, hdv);
-                    matmul(&mut ob[r0 * hdv + h * g.dv..], hdv, Mat::rows(&p, rl, g.m, g.m), vm, false, threads);
+                for r0 in (0..g.n).step_by(per) {
+                    out.push(Task { b, h, r0, r1: (r0 + per).min(g.n) });
                 }
             }
-        };
-        if per {
-            out.par_chunks_mut(g.o_len()).enumerate().for_each(|(b, ob)| image(b, ob));
-        } else {
-            out.chunks_mut(g.o_len()).enumerate().for_each(|(b, ob)| image(b, ob));
+        }
+        out
+    }
+
+    /// Packed output rows (`r1 - r0` x padded dv) of one task, and each
+    /// row's log-sum-exp of the scaled scores (for the backward).
+    #[inline(always)]
+    fn forward_task<T: Real, V: Lanes<T>>(&self, q: &[T], k: &[T], v: &[T], t: Task) -> (Vec<T>, Vec<T>) {
+        let g = &self.g;
+        let (hd, hdv) = (g.heads * g.d, g.heads * g.dv);
+        let (mp, dvp) = (round_up(g.m, KEY_BLOCK), round_up(g.dv, LANES));
+        let (qb, kb, vb) = (image(q, t.b, g.q_len()), image(k, t.b, g.k_len()), image(v, t.b, g.v_len()));
+        let kt = pack_transposed(kb, hd, t.h * g.d, g.m, g.d, mp);
+        let vp = pack_rows(vb, hdv, t.h * g.dv, g.m, g.dv, dvp);
+        let mut out = vec![T::zero(); (t.r1 - t.r0) * dvp];
+        let mut lse = vec![T::zero(); t.r1 - t.r0];
+        let mut inv = vec![T::zero(); self.rows];
+        let mut p = vec![T::zero(); self.rows * mp];
+        let scale = T::from_f64(self.scale);
+        for r in (t.r0..t.r1).step_by(self.rows) {
+            let rl = self.rows.min(t.r1 - r);
+            scores::<T, V>(&mut p, &qb[r * hd + t.h * g.d..], hd, rl, g.d, &kt, mp);
+            // Unnormalised exponentials; each output row is divided by its
+            // sum after the product (dv values instead of m).
+            for ((row, l), inv) in p.chunks_mut(mp).zip(&mut lse[r - t.r0..]).zip(&mut inv).take(rl) {
+                let shift = row_max::<T, V>(row, g.m) * scale;
+                let sum = exp_row::<T, V>(row, g.m, scale, shift);
+                *l = T::from_f64(sum.to_f64().ln()) + shift;
+                *inv = T::one() / sum;
+            }
+            let ob = &mut out[(r - t.r0) * dvp..];
+            weighted_rows::<T, V>(ob, &p, mp, rl, g.m, &vp, dvp);
+            for (orow, &inv) in ob.chunks_mut(dvp).zip(&inv).take(rl) {
+                for o in orow.iter_mut() {
+                    *o *= inv;
+                }
+            }
+        }
+        (out, lse)
+    }
+
+    /// One task's backward: (P recomputed) dV += P^T dO, dP = dO V^T,
+    /// dS = P (dP - rowsum(P dP)) scale, dQ = dS K, dK += dS^T Q.
+    #[inline(always)]
+    fn backward_task<T: Real, V: Lanes<T>>(&self, q: &[T], k: &[T], v: &[T], go: &[T], lse: &[T], t: Task) -> HeadGrads<T> {
+        let g = &self.g;
+        let (hd, hdv) = (g.heads * g.d, g.heads * g.dv);
+        let (mp, dp, dvp) = (round_up(g.m, KEY_BLOCK), round_up(g.d, LANES), round_up(g.dv, LANES));
+        let (qb, kb, vb) = (image(q, t.b, g.q_len()), image(k, t.b, g.k_len()), image(v, t.b, g.v_len()));
+        let rows = t.r1 - t.r0;
+        let kt = pack_transposed(kb, hd, t.h * g.d, g.m, g.d, mp);
+        let kp = pack_rows(kb, hd, t.h * g.d, g.m, g.d, dp);
+        let vt = pack_transposed(vb, hdv, t.h * g.dv, g.m, g.dv, mp);
+        let qp = pack_rows(&qb[t.r0 * hd..], hd, t.h * g.d, rows, g.d, dp);
+        let gop = pack_rows(&image(go, t.b, g.o_len())[t.r0 * hdv..], hdv, t.h * g.dv, rows, g.dv, dvp);
+        let (mut dq, mut dk, mut dv) = (vec![T::zero(); rows * dp], vec![T::zero(); g.m * dp], vec![T::zero(); g.m * dvp]);
+        let mut p = vec![T::zero(); self.rows * mp];
+        let mut ds = vec![T::zero(); self.rows * mp];
+        let scale = T::from_f64(self.scale);
+        for r in (0..rows).step_by(self.rows) {
+            let rl = self.rows.min(rows - r);
+            scores::<T, V>(&mut p, &qb[(t.r0 + r) * hd + t.h * g.d..], hd, rl, g.d, &kt, mp);
+            for (row, &l) in p.chunks_mut(mp).zip(&lse[r..]).take(rl) {
+                exp_row::<T, V>(row, g.m, scale, l);
+            }
+            add_transposed::<T, V>(&mut dv, &p, mp, rl, g.m, &gop[r * dvp..], dvp);
+            scores::<T, V>(&mut ds, &gop[r * dvp..], dvp, rl, g.dv, &vt, mp);
+            for (dr, pr) in ds.chunks_mut(mp).zip(p.chunks(mp)).take(rl) {
+                softmax_grad_row::<T, V>(dr, pr, scale);
+            }
+            weighted_rows::<T, V>(&mut dq[r * dp..], &ds, mp, rl, g.m, &kp, dp);
+            add_transposed::<T, V>(&mut dk, &ds, mp, rl, g.m, &qp[r * dp..], dp);
+        }
+        (dq, dk, dv)
+    }
+
+    fn forward<T: Kernels>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        let g = self.g;
+        let parts: Vec<(Task, (Vec<T>, Vec<T>))> = self.tasks().into_par_iter().map(|t| (t, T::forward(self, q, k, v, t))).collect();
+        let (hdv, dvp) = (g.heads * g.dv, round_up(g.dv, LANES));
+        let mut out = vec![T::zero(); g.b * g.o_len()];
+        let mut lse = vec![0f64; g.b * g.heads * g.n];
+        for (t, (part, part_lse)) in parts {
+            let ob = &mut out[t.b * g.o_len()..][..g.o_len()];
+            unpack_rows(&mut ob[t.r0 * hdv..], hdv, t.h * g.dv, &part, g.dv, dvp, false);
+            let at = (t.b * g.heads + t.h) * g.n + t.r0;
+            for (d, s) in lse[at..].iter_mut().zip(&part_lse) {
+                *d = s.to_f64();
+            }
+        }
+        if let Ok(mut l) = self.lse.lock() {
+            *l = Some(lse);
         }
         out
     }
 
     /// (dq, dk, dv) from q, k, v and the output gradient `go`.
-    fn backward<T: Real>(&self, q: &[T], k: &[T], v: &[T], go: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
+    fn backward<T: Kernels>(&self, q: &[T], k: &[T], v: &[T], go: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let g = self.g;
-        let (per, threads) = per_image(g.b);
+        let stored = self.lse.lock().ok().and_then(|l| l.as_ref().map(|l| l.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>()));
+        let lse = match stored {
+            Some(l) => l,
+            // Not run forward on this op (cannot happen through candle's
+            // graph, which runs `cpu_fwd` first): run it for the statistics.
+            None => {
+                self.forward(q, k, v);
+                return self.backward(q, k, v, go);
+            }
+        };
+        let parts: Vec<(Task, HeadGrads<T>)> = self
+            .tasks()
+            .into_par_iter()
+            .map(|t| (t, T::backward(self, q, k, v, go, &lse[(t.b * g.heads + t.h) * g.n..][..g.n][t.r0..t.r1], t)))
+            .collect();
         let (hd, hdv) = (g.heads * g.d, g.heads * g.dv);
+        let (dp, dvp) = (round_up(g.d, LANES), round_up(g.dv, LANES));
         let mut dq = vec![T::zero(); q.len()];
         let mut dk = vec![T::zero(); k.len()];
         let mut dv = vec![T::zero(); v.len()];
-        let scale = T::from_f64(self.scale);
-        let image = |b: usize, dqb: &mut [T], dkb: &mut [T], dvb: &mut [T]| {
-            let (qb, kb, vb) = (&q[b * g.q_len()..][..g.q_len()], &k[b * g.k_len()..][..g.k_len()], &v[b * g.v_len()..][..g.v_len()]);
-            let gob = &go[b * g.o_len()..][..g.o_len()];
-            let mut p = vec![T::zero(); self.rows * g.m];
-            let mut ds = vec![T::zero(); self.rows * g.m];
-            for h in 0..g.heads {
-                for (r0, rl) in self.chunks() {
-                    self.probs(qb, kb, h, (r0, rl), &mut p, threads);
-                    let gom = Mat::rows(&gob[r0 * hdv + h * g.dv..], rl, g.dv, hdv);
-                    // dV_h += P^T dO
-                    matmul(&mut dvb[h * g.dv..], hdv, Mat::transposed(&p, g.m, rl, g.m), gom, true, threads);
-                    // dP = dO V^T, then dS = P (dP - rowsum(P dP)) scale in place.
-                    matmul(&mut ds, g.m, gom, Mat::transposed(&vb[h * g.dv..], g.dv, g.m, hdv), false, threads);
-                    for (dr, pr) in ds[..rl * g.m].chunks_mut(g.m).zip(p.chunks(g.m)) {
-                        let mut dot = T::zero();
-                        for (&d, &pv) in dr.iter().zip(pr) {
-                            dot += d * pv;
-                        }
-                        for (d, &pv) in dr.iter_mut().zip(pr) {
-                            *d = pv * (*d - dot) * scale;
-                        }
-                    }
-                    let dsm = Mat::rows(&ds, rl, g.m, g.m);
-                    // dQ = dS K (each query row once), dK_h += dS^T Q.
-                    matmul(&mut dqb[r0 * hd + h * g.d..], hd, dsm, Mat::rows(&kb[h * g.d..], g.m, g.d, hd), false, threads);
-                    let qm = Mat::rows(&qb[r0 * hd + h * g.d..], rl, g.d, hd);
-                    matmul(&mut dkb[h * g.d..], hd, Mat::transposed(&ds, g.m, rl, g.m), qm, true, threads);
-                }
-            }
-        };
-        let work: Vec<_> = dq.chunks_mut(g.q_len()).zip(dk.chunks_mut(g.k_len())).zip(dv.chunks_mut(g.v_len())).enumerate().collect();
-        if per {
-            work.into_par_iter().for_each(|(b, ((a, c), e))| image(b, a, c, e));
-        } else {
-            work.into_iter().for_each(|(b, ((a, c), e))| image(b, a, c, e));
+        for (t, (pq, pk, pv)) in parts {
+            unpack_rows(&mut dq[t.b * g.q_len() + t.r0 * hd..], hd, t.h * g.d, &pq, g.d, dp, false);
+            unpack_rows(&mut dk[t.b * g.k_len()..][..g.k_len()], hd, t.h * g.d, &pk, g.d, dp, true);
+            unpack_rows(&mut dv[t.b * g.v_len()..][..g.v_len()], hdv, t.h * g.dv, &pv, g.dv, dvp, true);
         }
         (dq, dk, dv)
     }
 
-    fn bwd_typed<T: Real>(&self, q: &Tensor, k: &Tensor, v: &Tensor, go: &Tensor) -> Result<[Tensor; 3]> {
+    fn bwd_typed<T: Kernels>(&self, q: &Tensor, k: &Tensor, v: &Tensor, go: &Tensor) -> Result<[Tensor; 3]> {
         let go = go.contiguous()?;
         let (dq, dk, dv) = with_slice::<T, _>(q, |qs| {
             with_slice::<T, _>(k, |ks| with_slice::<T, _>(v, |vs| with_slice::<T, _>(&go, |gs| Ok(self.backward(qs, ks, vs, gs)))))
@@ -213,6 +288,93 @@ impl HeadsOp {
             Tensor::from_vec(dk, k.shape(), k.device())?,
             Tensor::from_vec(dv, v.shape(), v.device())?,
         ])
+    }
+}
+
+/// The tasks compiled for AVX-512, for AVX2 + FMA, and for plain lanes,
+/// picked at run time (f64, for gradient checks, always takes plain lanes).
+mod kernels {
+    use super::{HeadGrads, HeadsOp, Real, Task};
+    use crate::ops::cpu::lanes::Plain;
+
+    /// The f32 / f64 entry points of the tasks.
+    pub trait Kernels: Real {
+        fn forward(op: &HeadsOp, q: &[Self], k: &[Self], v: &[Self], t: Task) -> (Vec<Self>, Vec<Self>);
+        fn backward(op: &HeadsOp, q: &[Self], k: &[Self], v: &[Self], go: &[Self], lse: &[Self], t: Task) -> HeadGrads<Self>;
+    }
+
+    impl Kernels for f64 {
+        fn forward(op: &HeadsOp, q: &[f64], k: &[f64], v: &[f64], t: Task) -> (Vec<f64>, Vec<f64>) {
+            op.forward_task::<f64, Plain<f64>>(q, k, v, t)
+        }
+        fn backward(op: &HeadsOp, q: &[f64], k: &[f64], v: &[f64], go: &[f64], lse: &[f64], t: Task) -> HeadGrads<f64> {
+            op.backward_task::<f64, Plain<f64>>(q, k, v, go, lse, t)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn level() -> u8 {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<u8> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma && std::arch::is_x86_feature_detected!("avx512f") {
+                2
+            } else if fma && std::arch::is_x86_feature_detected!("avx2") {
+                1
+            } else {
+                0
+            }
+        })
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use super::{HeadGrads, HeadsOp, Task};
+        use crate::ops::cpu::lanes::{Avx2, Avx512};
+
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        pub unsafe fn forward_avx512(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> (Vec<f32>, Vec<f32>) {
+            op.forward_task::<f32, Avx512>(q, k, v, t)
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn forward_avx2(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> (Vec<f32>, Vec<f32>) {
+            op.forward_task::<f32, Avx2>(q, k, v, t)
+        }
+
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        pub unsafe fn backward_avx512(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], go: &[f32], lse: &[f32], t: Task) -> HeadGrads<f32> {
+            op.backward_task::<f32, Avx512>(q, k, v, go, lse, t)
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe fn backward_avx2(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], go: &[f32], lse: &[f32], t: Task) -> HeadGrads<f32> {
+            op.backward_task::<f32, Avx2>(q, k, v, go, lse, t)
+        }
+    }
+
+    impl Kernels for f32 {
+        fn forward(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> (Vec<f32>, Vec<f32>) {
+            #[cfg(target_arch = "x86_64")]
+            match level() {
+                // SAFETY: `level` detected the features these were compiled for.
+                2 => return unsafe { x86::forward_avx512(op, q, k, v, t) },
+                1 => return unsafe { x86::forward_avx2(op, q, k, v, t) },
+                _ => {}
+            }
+            op.forward_task::<f32, Plain<f32>>(q, k, v, t)
+        }
+        fn backward(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], go: &[f32], lse: &[f32], t: Task) -> HeadGrads<f32> {
+            #[cfg(target_arch = "x86_64")]
+            match level() {
+                // SAFETY: as above.
+                2 => return unsafe { x86::backward_avx512(op, q, k, v, go, lse, t) },
+                1 => return unsafe { x86::backward_avx2(op, q, k, v, go, lse, t) },
+                _ => {}
+            }
+            op.backward_task::<f32, Plain<f32>>(q, k, v, go, lse, t)
+        }
     }
 }
 

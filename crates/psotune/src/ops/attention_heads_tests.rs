@@ -49,3 +49,35 @@ fn heads_kernel_rejects_bad_shapes() {
     assert!(attention_heads_with_limit(&q, &k, &v.narrow(1, 0, 3).unwrap(), 2, 1.0, 64).is_err());
     assert!(attention_heads_with_limit(&q, &k, &v, 0, 1.0, 64).is_err());
 }
+
+/// Output and (dq, dk, dv) of `project(attention)` at the inputs' dtype.
+fn out_and_grads(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, f: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor) -> [Tensor; 4] {
+    let vars: Vec<candle_core::Var> = [q, k, v].iter().map(|t| candle_core::Var::from_tensor(t).unwrap()).collect();
+    let out = f(vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+    let grads = project(&out, 17).unwrap().backward().unwrap();
+    let g = |i: usize| grads.get(&vars[i]).unwrap().to_dtype(DType::F64).unwrap();
+    assert_eq!(out.dim(2).unwrap() % heads, 0);
+    [out.to_dtype(DType::F64).unwrap(), g(0), g(1), g(2)]
+}
+
+#[test]
+fn f32_vector_kernels_match_the_f64_reference_on_unet_shapes() {
+    // Head widths 16, 24 (padded to 32), 64 and 8; 77 keys (a key tail and
+    // a padded key block); one head of one image (rows split over tasks);
+    // row counts off the 8-row tile.
+    for (b, n, m, heads, d) in [(1, 37, 77, 1, 16), (2, 64, 64, 2, 24), (1, 19, 40, 3, 64), (3, 9, 5, 2, 8)] {
+        let q = (det(&[b, n, heads * d], 11) * 2.0).unwrap();
+        let k = (det(&[b, m, heads * d], 12) * 2.0).unwrap();
+        let v = det(&[b, m, heads * d], 13);
+        let g = HeadsGeom { b, n, m, heads, d, dv: d };
+        let scale = 1.0 / (d as f64).sqrt();
+        let want = out_and_grads(&q, &k, &v, heads, |q, k, v| composed(q, k, v, &g, scale, 1 << 20).unwrap());
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let got = out_and_grads(&f(&q), &f(&k), &f(&v), heads, |q, k, v| attention_heads_with_limit(q, k, v, heads, scale, 1 << 20).unwrap());
+        for (i, (a, w)) in got.iter().zip(&want).enumerate() {
+            let size = w.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+            let diff = max_diff(a, w);
+            assert!(diff <= 2e-5 * (1.0 + size), "b={b} n={n} m={m} heads={heads} d={d}, output/dq/dk/dv #{i}: {diff:e} (size {size})");
+        }
+    }
+}

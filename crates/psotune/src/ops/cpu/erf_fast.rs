@@ -8,7 +8,7 @@
 //! the row loops are compiled for AVX-512, AVX2 + FMA and the baseline and
 //! picked at run time, like the softmax.
 
-use super::softmax_row::exp_f32;
+use super::exp_poly::exp_f32;
 
 /// 1 + erf(z), branch-free.
 #[inline(always)]

@@ -1,11 +1,13 @@
 //! CPU kernels behind the fast custom ops: plain slices in, plain slices out.
 
+pub mod attn_tiles;
+pub mod lanes;
 mod erf_fast;
 pub mod gemm;
 pub mod im2col;
 pub mod real;
 pub mod reduce;
-pub mod softmax_row;
+pub mod exp_poly;
 
 use std::sync::Mutex;
 

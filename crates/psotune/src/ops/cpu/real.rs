@@ -6,11 +6,12 @@ use candle_core::{CpuStorage, WithDType};
 pub trait Real: WithDType {
     fn exp(self) -> Self;
     fn sqrt(self) -> Self;
+    /// exp for softmax arguments (<= 0): f32 takes the branch-free
+    /// polynomial of `exp_poly` (it vectorises), f64 keeps libm.
+    fn exp_lane(self) -> Self;
     /// libm's erf, the function candle's `gelu_erf` kernel calls, so fused
     /// GELU forwards equal candle's bit for bit.
     fn erf(self) -> Self;
-    /// In place: row <- softmax(row * scale) (the attention kernel's rows).
-    fn softmax_row(row: &mut [Self], scale: Self);
     /// One GEGLU row, y = h gelu(a) (exact-erf GELU).
     fn geglu_row(y: &mut [Self], h: &[Self], a: &[Self]);
     /// One GEGLU gradient row: dh = g gelu(a), da = g h GELU'(a).
@@ -29,11 +30,12 @@ impl Real for f32 {
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
+    #[inline(always)]
+    fn exp_lane(self) -> Self {
+        super::exp_poly::exp_f32(self)
+    }
     fn erf(self) -> Self {
         candle_core::cpu::erf::erf_f32(self)
-    }
-    fn softmax_row(row: &mut [Self], scale: Self) {
-        super::softmax_row::softmax_row_f32(row, scale)
     }
     /// Vectorised, without libm (`erf_fast`): within 2e-6 of libm.
     fn geglu_row(y: &mut [Self], h: &[Self], a: &[Self]) {
@@ -59,6 +61,9 @@ impl Real for f64 {
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }
+    fn exp_lane(self) -> Self {
+        f64::exp(self)
+    }
     fn erf(self) -> Self {
         candle_core::cpu::erf::erf_f64(self)
     }
@@ -75,22 +80,6 @@ impl Real for f64 {
             let pdf = (-0.5 * a[i] * a[i]).exp() * Self::FRAC_1_SQRT_2PI;
             dh[i] = g[i] * (cdf * a[i]);
             da[i] = g[i] * h[i] * (cdf + a[i] * pdf);
-        }
-    }
-    /// f64 (gradient checks) keeps libm's exp: exactness over speed.
-    fn softmax_row(row: &mut [Self], scale: Self) {
-        let mut max = f64::NEG_INFINITY;
-        for v in row.iter_mut() {
-            *v *= scale;
-            max = max.max(*v);
-        }
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        for v in row.iter_mut() {
-            *v /= sum;
         }
     }
     fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {

@@ -1,0 +1,337 @@
+//! The three thin matrix products of attention on small heads, register
+//! tiled for the shapes a UNet has (head widths of 16-64, a thousand keys).
+//!
+//! With a head width of 16 a `gemm` call is packing and edge handling more
+//! than arithmetic: the score product reduces over 16 values, and the
+//! products with the probabilities write 16 columns. These loops keep an
+//! R x G tile of [`Lanes`] sums in registers over a runtime reduction, so
+//! every loaded value feeds several fused multiply-adds. Head widths are
+//! padded to [`LANES`] and key counts to [`KEY_BLOCK`] by the caller
+//! (packed copies, zeros past the end), so there are no column tails.
+
+use super::lanes::{Lanes, WIDTH};
+use super::real::Real;
+
+/// The vector chunk of a padded head width.
+pub const LANES: usize = WIDTH;
+/// Keys per score tile (two vectors); padded key counts are multiples of it.
+pub const KEY_BLOCK: usize = 2 * WIDTH;
+
+/// `n` rounded up to a multiple of `to`.
+pub fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+/// s[i][j] = sum_{c < depth} a[i lda + c] bt[c ldb + j] for i < rows and
+/// j < ldb (a multiple of [`KEY_BLOCK`]); `s` has row stride `ldb`.
+#[inline(always)]
+pub fn scores<T: Real, V: Lanes<T>>(s: &mut [T], a: &[T], lda: usize, rows: usize, depth: usize, bt: &[T], ldb: usize) {
+    let mut i = 0;
+    while i + 8 <= rows {
+        score_tile::<T, V, 8>(s, a, lda, i, depth, bt, ldb);
+        i += 8;
+    }
+    while i < rows {
+        score_tile::<T, V, 1>(s, a, lda, i, depth, bt, ldb);
+        i += 1;
+    }
+}
+
+#[inline(always)]
+fn score_tile<T: Real, V: Lanes<T>, const R: usize>(s: &mut [T], a: &[T], lda: usize, i0: usize, depth: usize, bt: &[T], ldb: usize) {
+    let arows: [&[T]; R] = std::array::from_fn(|r| &a[(i0 + r) * lda..][..depth]);
+    for j0 in (0..ldb).step_by(KEY_BLOCK) {
+        let mut acc = [[V::zero(); 2]; R];
+        for c in 0..depth {
+            let b = &bt[c * ldb + j0..][..KEY_BLOCK];
+            let (b0, b1) = (V::load(b), V::load(&b[LANES..]));
+            for (accr, ar) in acc.iter_mut().zip(&arows) {
+                // SAFETY: c < depth == ar.len(). The checked index costs a
+                // compare and branch per FMA pair: the row slices are spilled
+                // to the stack and their lengths reloaded.
+                let x = V::splat(unsafe { *ar.get_unchecked(c) });
+                accr[0] = accr[0].mul_add(x, b0);
+                accr[1] = accr[1].mul_add(x, b1);
+            }
+        }
+        for (r, accr) in acc.iter().enumerate() {
+            let dst = &mut s[(i0 + r) * ldb + j0..][..KEY_BLOCK];
+            accr[0].store(dst);
+            accr[1].store(&mut dst[LANES..]);
+        }
+    }
+}
+
+/// out[i][..w] = sum_{j < n} p[i ldp + j] y[j w..][..w] for i < rows:
+/// rows of `p` weighting the rows of `y` (both of padded width `w`, a
+/// multiple of [`LANES`]; `out` has row stride `w`).
+#[inline(always)]
+pub fn weighted_rows<T: Real, V: Lanes<T>>(out: &mut [T], p: &[T], ldp: usize, rows: usize, n: usize, y: &[T], w: usize) {
+    let mut c0 = 0;
+    while c0 < w {
+        let left = (w - c0) / LANES;
+        c0 += if left >= 4 {
+            weighted_group::<T, V, 4, 4>(out, p, ldp, rows, n, y, w, c0)
+        } else if left >= 2 {
+            weighted_group::<T, V, 6, 2>(out, p, ldp, rows, n, y, w, c0)
+        } else {
+            weighted_group::<T, V, 8, 1>(out, p, ldp, rows, n, y, w, c0)
+        };
+    }
+}
+
+/// Columns c0..c0 + G LANES of [`weighted_rows`]; returns that width.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn weighted_group<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
+    out: &mut [T],
+    p: &[T],
+    ldp: usize,
+    rows: usize,
+    n: usize,
+    y: &[T],
+    w: usize,
+    c0: usize,
+) -> usize {
+    let mut i = 0;
+    while i + R <= rows {
+        weighted_tile::<T, V, R, G>(out, p, ldp, i, n, y, w, c0);
+        i += R;
+    }
+    while i < rows {
+        weighted_tile::<T, V, 1, G>(out, p, ldp, i, n, y, w, c0);
+        i += 1;
+    }
+    G * LANES
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn weighted_tile<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
+    out: &mut [T],
+    p: &[T],
+    ldp: usize,
+    i0: usize,
+    n: usize,
+    y: &[T],
+    w: usize,
+    c0: usize,
+) {
+    let prows: [&[T]; R] = std::array::from_fn(|r| &p[(i0 + r) * ldp..][..n]);
+    let mut acc = [[V::zero(); G]; R];
+    for j in 0..n {
+        let yr = &y[j * w + c0..][..G * LANES];
+        let mut yv = [V::zero(); G];
+        for (g, v) in yv.iter_mut().enumerate() {
+            *v = V::load(&yr[g * LANES..]);
+        }
+        for (accr, pr) in acc.iter_mut().zip(&prows) {
+            // SAFETY: j < n == pr.len() (as in `score_tile`).
+            let x = V::splat(unsafe { *pr.get_unchecked(j) });
+            for (o, &v) in accr.iter_mut().zip(&yv) {
+                *o = o.mul_add(x, v);
+            }
+        }
+    }
+    for (r, accr) in acc.iter().enumerate() {
+        let dst = &mut out[(i0 + r) * w + c0..][..G * LANES];
+        for (g, a) in accr.iter().enumerate() {
+            a.store(&mut dst[g * LANES..]);
+        }
+    }
+}
+
+/// out[j][..w] += sum_{i < rows} p[i ldp + j] x[i w..][..w] for j < n:
+/// the transposed product `p^T x` added into `out` (row stride `w`, a
+/// multiple of [`LANES`]).
+#[inline(always)]
+pub fn add_transposed<T: Real, V: Lanes<T>>(out: &mut [T], p: &[T], ldp: usize, rows: usize, n: usize, x: &[T], w: usize) {
+    let mut c0 = 0;
+    while c0 < w {
+        let left = (w - c0) / LANES;
+        c0 += if left >= 4 {
+            transposed_group::<T, V, 4, 4>(out, p, ldp, rows, n, x, w, c0)
+        } else if left >= 2 {
+            transposed_group::<T, V, 6, 2>(out, p, ldp, rows, n, x, w, c0)
+        } else {
+            transposed_group::<T, V, 8, 1>(out, p, ldp, rows, n, x, w, c0)
+        };
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn transposed_group<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
+    out: &mut [T],
+    p: &[T],
+    ldp: usize,
+    rows: usize,
+    n: usize,
+    x: &[T],
+    w: usize,
+    c0: usize,
+) -> usize {
+    let mut j = 0;
+    while j + R <= n {
+        transposed_tile::<T, V, R, G>(out, p, ldp, rows, j, x, w, c0);
+        j += R;
+    }
+    while j < n {
+        transposed_tile::<T, V, 1, G>(out, p, ldp, rows, j, x, w, c0);
+        j += 1;
+    }
+    G * LANES
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn transposed_tile<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
+    out: &mut [T],
+    p: &[T],
+    ldp: usize,
+    rows: usize,
+    j0: usize,
+    x: &[T],
+    w: usize,
+    c0: usize,
+) {
+    // Explicit loops, not `array::from_fn`: its closure was not inlined into
+    // the AVX-512 build, so every load became a call.
+    let mut acc = [[V::zero(); G]; R];
+    for (r, accr) in acc.iter_mut().enumerate() {
+        for (g, a) in accr.iter_mut().enumerate() {
+            *a = V::load(&out[(j0 + r) * w + c0 + g * LANES..]);
+        }
+    }
+    for i in 0..rows {
+        let xr = &x[i * w + c0..][..G * LANES];
+        let mut xv = [V::zero(); G];
+        for (g, v) in xv.iter_mut().enumerate() {
+            *v = V::load(&xr[g * LANES..]);
+        }
+        let pr = &p[i * ldp + j0..][..R];
+        for (accr, &s) in acc.iter_mut().zip(pr) {
+            let s = V::splat(s);
+            for (o, &v) in accr.iter_mut().zip(&xv) {
+                *o = o.mul_add(s, v);
+            }
+        }
+    }
+    for (r, accr) in acc.iter().enumerate() {
+        let dst = &mut out[(j0 + r) * w + c0..][..G * LANES];
+        for (g, a) in accr.iter().enumerate() {
+            a.store(&mut dst[g * LANES..]);
+        }
+    }
+}
+
+/// The largest of row[..m] (m >= 1).
+#[inline(always)]
+pub fn row_max<T: Real, V: Lanes<T>>(row: &[T], m: usize) -> T {
+    let full = m / LANES * LANES;
+    let mut max = row[0];
+    if full > 0 {
+        let mut v = V::load(row);
+        for c in row[..full].chunks_exact(LANES).skip(1) {
+            v = v.max(V::load(c));
+        }
+        max = v.hmax();
+    }
+    for &x in &row[full..m] {
+        max = if x > max { x } else { max };
+    }
+    max
+}
+
+/// In place: row[j] <- exp(row[j] scale - shift) for j < m, zeros after;
+/// returns the sum of the m exponentials. `row` is a whole padded row (a
+/// multiple of [`KEY_BLOCK`], so the vector holding m is in bounds). Two vectors per step: the polynomial is a chain of
+/// dependent FMAs, and two chains fill the pipes.
+#[inline(always)]
+pub fn exp_row<T: Real, V: Lanes<T>>(row: &mut [T], m: usize, scale: T, shift: T) -> T {
+    let (sv, minus_shift) = (V::splat(scale), V::splat(T::zero() - shift));
+    let full = m / LANES * LANES;
+    let mut sums = [V::zero(); 2];
+    let mut c = 0;
+    while c + 2 * LANES <= full {
+        let e0 = minus_shift.mul_add(V::load(&row[c..]), sv).exp();
+        let e1 = minus_shift.mul_add(V::load(&row[c + LANES..]), sv).exp();
+        e0.store(&mut row[c..]);
+        e1.store(&mut row[c + LANES..]);
+        sums[0] = sums[0].add(e0);
+        sums[1] = sums[1].add(e1);
+        c += 2 * LANES;
+    }
+    if c < full {
+        let e = minus_shift.mul_add(V::load(&row[c..]), sv).exp();
+        e.store(&mut row[c..]);
+        sums[0] = sums[0].add(e);
+    }
+    let mut sum = sums[0].add(sums[1]).sum();
+    if full < m {
+        minus_shift.mul_add(V::load(&row[full..]), sv).exp().store(&mut row[full..]);
+        sum = row[full..m].iter().fold(sum, |a, &b| a + b);
+    }
+    row[m..].fill(T::zero());
+    sum
+}
+
+/// The softmax's backward on one row: ds <- p (ds - sum(p ds)) scale, for
+/// rows padded to a multiple of [`KEY_BLOCK`] (zeros past the end of `p`
+/// keep the padding zero).
+#[inline(always)]
+pub fn softmax_grad_row<T: Real, V: Lanes<T>>(ds: &mut [T], p: &[T], scale: T) {
+    let mut dots = [V::zero(); 2];
+    for (d, pv) in ds.chunks_exact(KEY_BLOCK).zip(p.chunks_exact(KEY_BLOCK)) {
+        dots[0] = dots[0].mul_add(V::load(d), V::load(pv));
+        dots[1] = dots[1].mul_add(V::load(&d[LANES..]), V::load(&pv[LANES..]));
+    }
+    let minus_dot = V::splat(T::zero() - (dots[0].sum() + dots[1].sum()));
+    let scale = V::splat(scale);
+    for (d, pv) in ds.chunks_exact_mut(LANES).zip(p.chunks_exact(LANES)) {
+        // (ds - dot) p scale = (p scale) ds + (p scale)(-dot)
+        let ps = V::load(pv).mul(scale);
+        ps.mul(minus_dot).mul_add(ps, V::load(d)).store(d);
+    }
+}
+
+/// Rows `0..rows` of columns `off..off + width` of `src` (row stride `ld`)
+/// as a `rows x wp` matrix, zeros past `width`.
+pub fn pack_rows<T: Real>(src: &[T], ld: usize, off: usize, rows: usize, width: usize, wp: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); rows * wp];
+    for (o, s) in out.chunks_exact_mut(wp).zip(src.chunks(ld)) {
+        o[..width].copy_from_slice(&s[off..off + width]);
+    }
+    out
+}
+
+/// The transpose of [`pack_rows`]' matrix without padding the width:
+/// `width x np`, element (c, j) = src[j ld + off + c], zeros for j >= rows.
+pub fn pack_transposed<T: Real>(src: &[T], ld: usize, off: usize, rows: usize, width: usize, np: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); width * np];
+    for (j, s) in src.chunks(ld).take(rows).enumerate() {
+        for (c, &v) in s[off..off + width].iter().enumerate() {
+            out[c * np + j] = v;
+        }
+    }
+    out
+}
+
+/// Writes (or adds, when `add`) the first `width` columns of the packed
+/// `rows x wp` matrix into columns `off..off + width` of `dst`.
+pub fn unpack_rows<T: Real>(dst: &mut [T], ld: usize, off: usize, src: &[T], width: usize, wp: usize, add: bool) {
+    for (d, s) in dst.chunks_mut(ld).zip(src.chunks_exact(wp)) {
+        let (d, s) = (&mut d[off..off + width], &s[..width]);
+        if add {
+            for (a, &b) in d.iter_mut().zip(s) {
+                *a += b;
+            }
+        } else {
+            d.copy_from_slice(s);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "attn_tiles_tests.rs"]
+mod tests;
