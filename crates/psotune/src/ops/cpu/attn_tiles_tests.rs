@@ -26,8 +26,11 @@ fn scores_equal_the_plain_product() {
                 want[i * ldb + j] = (0..depth).map(|c| a[i * lda + c] * bt[c * ldb + j]).sum();
             }
         }
-        let mut got = vec![f64::NAN; rows * ldb];
-        scores::<f64, P>(&mut got, &a, lda, rows, depth, &bt, ldb);
+        // Output rows one vector longer than the keys (`key_stride`).
+        let lds = key_stride(ldb);
+        let mut got = vec![f64::NAN; rows * lds];
+        scores::<f64, P>(&mut got, lds, &a, lda, rows, depth, &bt, ldb, ldb);
+        let got: Vec<f64> = got.chunks(lds).flat_map(|r| r[..ldb].to_vec()).collect();
         close(&got, &want, &format!("scores {rows}x{depth}"));
     }
 }
@@ -95,7 +98,7 @@ fn packing_round_trips() {
 fn all_f32<V: Lanes<f32>>(a: &[f32], p: &[f32], y: &[f32]) -> [Vec<f32>; 5] {
     let (rows, depth, ldb, w) = (11, 24, 2 * KEY_BLOCK, 3 * LANES);
     let mut s = vec![0f32; rows * ldb];
-    scores::<f32, V>(&mut s, a, depth, rows, depth, p, ldb);
+    scores::<f32, V>(&mut s, ldb, a, depth, rows, depth, p, ldb, ldb);
     let mut o = vec![0f32; rows * w];
     weighted_rows::<f32, V>(&mut o, p, ldb, rows, 50, y, w);
     let mut t = y[..50 * w].to_vec();
