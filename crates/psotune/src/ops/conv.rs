@@ -28,7 +28,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use super::cpu::gemm::{matmul, Mat};
-use super::cpu::im2col::{col2im_add, im2col, ConvGeom};
+use super::cpu::im2col::{col2im_add, im2col, transpose, ConvGeom};
 use super::cpu::reduce::lane_sum;
 use super::cpu::with_slice;
 
@@ -345,18 +345,25 @@ fn weight_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], gy: &[T]) 
             return;
         }
         let mut col = if g.is_pointwise() { Vec::new() } else { vec![T::zero(); k * plan.rows * g.wo] };
+        let mut col_t = vec![T::zero(); k * if g.is_pointwise() { n } else { plan.rows * g.wo }];
         for b in range {
             let xb = &x[b * g.in_len()..(b + 1) * g.in_len()];
             let gyb = &gy[b * g.cout * n..(b + 1) * g.cout * n];
             if g.is_pointwise() {
-                matmul(acc, k, Mat::rows(gyb, g.cout, n, n), Mat::transposed(xb, n, k, n), true, plan.gemm_threads());
+                transpose(xb, k, n, &mut col_t);
+                matmul(acc, k, Mat::rows(gyb, g.cout, n, n), Mat::rows(&col_t, n, k, k), true, plan.gemm_threads());
                 continue;
             }
             for (r0, rows) in plan.chunks(g.ho) {
                 let nc = rows * g.wo;
                 im2col(g, xb, r0, rows, &mut col, nc, !plan.per_image);
+                // The product reduces over positions, the contiguous axis
+                // of both operands; gemm's packing of such an operand is a
+                // strided gather (10% of a training step). One blocked
+                // transpose first makes the large operand contiguous.
+                transpose(&col[..k * nc], k, nc, &mut col_t);
                 let gym = Mat::rows(&gyb[r0 * g.wo..], g.cout, nc, n);
-                matmul(acc, k, gym, Mat::transposed(&col, nc, k, nc), true, plan.gemm_threads());
+                matmul(acc, k, gym, Mat::rows(&col_t, nc, k, k), true, plan.gemm_threads());
             }
         }
     };
@@ -481,7 +488,9 @@ fn add_weight_grad_grouped<T: WithDType>(g: &ConvGeom, plan: &Plan, x: &[T], gy:
         let col = group_columns(g, x, b0, imgs);
         let mut gyg = vec![T::zero(); g.cout * cols];
         gather(&gy[b0 * g.cout * n..(b0 + imgs) * g.cout * n], imgs, g.cout, n, &mut gyg);
-        matmul(acc, k, Mat::rows(&gyg, g.cout, cols, cols), Mat::transposed(&col, cols, k, cols), true, plan.gemm_threads());
+        let mut col_t = vec![T::zero(); k * cols];
+        transpose(&col, k, cols, &mut col_t);
+        matmul(acc, k, Mat::rows(&gyg, g.cout, cols, cols), Mat::rows(&col_t, cols, k, k), true, plan.gemm_threads());
     }
 }
 

@@ -148,3 +148,41 @@ pub fn col2im_add<T: WithDType>(g: &ConvGeom, col: &[T], r0: usize, rows: usize,
         gx.chunks_mut(plane).enumerate().for_each(|(c, gc)| channel(c, gc));
     }
 }
+
+/// dst ([cols, rows], row-major) = the transpose of src ([rows, cols]), in
+/// blocks of 8 source rows (rows a power of two apart share an L1 set; 8
+/// of them fit its ways) by 64 columns.
+pub fn transpose<T: WithDType>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const BR: usize = 8;
+    const BC: usize = 64;
+    for i0 in (0..rows).step_by(BR) {
+        let ir = BR.min(rows - i0);
+        for j0 in (0..cols).step_by(BC) {
+            let jc = BC.min(cols - j0);
+            for j in j0..j0 + jc {
+                let d = &mut dst[j * rows + i0..][..ir];
+                for (i, dv) in d.iter_mut().enumerate() {
+                    *dv = src[(i0 + i) * cols + j];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transpose_swaps_rows_and_columns_at_any_size() {
+        // Sizes below, at and across the 8 x 64 blocks.
+        for (rows, cols) in [(1, 1), (3, 5), (8, 64), (17, 130), (9, 1)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            super::transpose(&src, rows, cols, &mut dst);
+            for i in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(dst[j * rows + i], src[i * cols + j], "{rows}x{cols} at ({i}, {j})");
+                }
+            }
+        }
+    }
+}
