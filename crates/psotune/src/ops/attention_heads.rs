@@ -57,7 +57,7 @@ pub fn attention_heads_with_limit(q: &Tensor, k: &Tensor, v: &Tensor, heads: usi
         return composed(q, k, v, &g, scale, max_elems);
     }
     let rows = chunk_rows(n, m, max_elems);
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows, lse: Mutex::new(None) })
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows, stats: Mutex::new(None) })
 }
 
 /// Split heads, [`attention_with_limit`], merge heads (diffusers' layout
@@ -101,10 +101,12 @@ struct HeadsOp {
     scale: f64,
     /// Query rows per score chunk.
     rows: usize,
-    /// The forward's log-sum-exp of every score row, [B, heads, N]: the
-    /// backward recomputes the probabilities as exp(s scale - lse) in one
-    /// pass (candle keeps this op in the graph until the backward).
-    lse: Mutex<Option<Vec<f64>>>,
+    /// The forward's (max scaled score, sum of exponentials) of every score
+    /// row, [B, heads, N]: the backward recomputes the probabilities as
+    /// exp(s scale - lse), lse = max + ln(sum), in one pass (candle keeps
+    /// this op in the graph until the backward). The logarithm waits for
+    /// the backward: a sample never needs it.
+    stats: Mutex<Option<Vec<[f64; 2]>>>,
 }
 
 /// Score elements per chunk that keep the probabilities and their
@@ -130,8 +132,9 @@ struct Task {
     r1: usize,
 }
 
-/// What a forward task returns: packed output rows and their log-sum-exps.
-type HeadOut<T> = (Vec<T>, Vec<T>);
+/// What a forward task returns: packed output rows and their softmax
+/// statistics (max scaled score, sum of exponentials).
+type HeadOut<T> = (Vec<T>, Vec<[T; 2]>);
 
 /// What a backward task returns: packed dq rows, and its share of dk, dv.
 type HeadGrads<T> = (Vec<T>, Vec<T>, Vec<T>);
@@ -162,9 +165,9 @@ impl HeadsOp {
     }
 
     /// Packed output rows (`r1 - r0` x padded dv) of one task, and each
-    /// row's log-sum-exp of the scaled scores (for the backward).
+    /// row's softmax statistics (for the backward).
     #[inline(always)]
-    fn forward_task<T: Real, V: Lanes<T>>(&self, q: &[T], k: &[T], v: &[T], t: Task) -> (Vec<T>, Vec<T>) {
+    fn forward_task<T: Real, V: Lanes<T>>(&self, q: &[T], k: &[T], v: &[T], t: Task) -> HeadOut<T> {
         let g = &self.g;
         let (hd, hdv) = (g.heads * g.d, g.heads * g.dv);
         let (mp, dvp) = (round_up(g.m, KEY_BLOCK), round_up(g.dv, LANES));
@@ -173,7 +176,7 @@ impl HeadsOp {
         let kt = pack_transposed(kb, hd, t.h * g.d, g.m, g.d, ld);
         let vp = pack_rows(vb, hdv, t.h * g.dv, g.m, g.dv, dvp);
         let mut out = vec![T::zero(); (t.r1 - t.r0) * dvp];
-        let mut lse = vec![T::zero(); t.r1 - t.r0];
+        let mut stats = vec![[T::zero(); 2]; t.r1 - t.r0];
         let mut inv = vec![T::zero(); self.rows];
         let mut p = vec![T::zero(); self.rows * ld];
         let scale = T::from_f64(self.scale);
@@ -182,11 +185,11 @@ impl HeadsOp {
             scores::<T, V>(&mut p, ld, &qb[r * hd + t.h * g.d..], hd, rl, g.d, &kt, ld, mp);
             // Unnormalised exponentials; each output row is divided by its
             // sum after the product (dv values instead of m).
-            for ((row, l), inv) in p.chunks_mut(ld).zip(&mut lse[r - t.r0..]).zip(&mut inv).take(rl) {
+            for ((row, st), inv) in p.chunks_mut(ld).zip(&mut stats[r - t.r0..]).zip(&mut inv).take(rl) {
                 let row = &mut row[..mp];
                 let shift = row_max::<T, V>(row, g.m) * scale;
                 let sum = exp_row::<T, V>(row, g.m, scale, shift);
-                *l = T::from_f64(sum.to_f64().ln()) + shift;
+                *st = [shift, sum];
                 *inv = T::one() / sum;
             }
             let ob = &mut out[(r - t.r0) * dvp..];
@@ -197,7 +200,7 @@ impl HeadsOp {
                 }
             }
         }
-        (out, lse)
+        (out, stats)
     }
 
     /// One task's backward: (P recomputed) dV += P^T dO, dP = dO V^T,
@@ -241,17 +244,17 @@ impl HeadsOp {
         let parts: Vec<(Task, HeadOut<T>)> = self.tasks().into_par_iter().map(|t| (t, T::forward(self, q, k, v, t))).collect();
         let (hdv, dvp) = (g.heads * g.dv, round_up(g.dv, LANES));
         let mut out = vec![T::zero(); g.b * g.o_len()];
-        let mut lse = vec![0f64; g.b * g.heads * g.n];
-        for (t, (part, part_lse)) in parts {
+        let mut stats = vec![[0f64; 2]; g.b * g.heads * g.n];
+        for (t, (part, part_stats)) in parts {
             let ob = &mut out[t.b * g.o_len()..][..g.o_len()];
             unpack_rows(&mut ob[t.r0 * hdv..], hdv, t.h * g.dv, &part, g.dv, dvp, false);
             let at = (t.b * g.heads + t.h) * g.n + t.r0;
-            for (d, s) in lse[at..].iter_mut().zip(&part_lse) {
-                *d = s.to_f64();
+            for (d, s) in stats[at..].iter_mut().zip(&part_stats) {
+                *d = [s[0].to_f64(), s[1].to_f64()];
             }
         }
-        if let Ok(mut l) = self.lse.lock() {
-            *l = Some(lse);
+        if let Ok(mut l) = self.stats.lock() {
+            *l = Some(stats);
         }
         out
     }
@@ -259,7 +262,7 @@ impl HeadsOp {
     /// (dq, dk, dv) from q, k, v and the output gradient `go`.
     fn backward<T: Kernels>(&self, q: &[T], k: &[T], v: &[T], go: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let g = self.g;
-        let stored = self.lse.lock().ok().and_then(|l| l.as_ref().map(|l| l.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>()));
+        let stored = self.stats.lock().ok().and_then(|l| l.as_ref().map(|l| l.iter().map(|&[max, sum]| T::from_f64(max + sum.ln())).collect::<Vec<T>>()));
         let lse = match stored {
             Some(l) => l,
             // Not run forward on this op (cannot happen through candle's
@@ -303,17 +306,18 @@ impl HeadsOp {
 /// The tasks compiled for AVX-512, for AVX2 + FMA, and for plain lanes,
 /// picked at run time (f64, for gradient checks, always takes plain lanes).
 mod kernels {
-    use super::{HeadGrads, HeadsOp, Real, Task};
+    use super::{HeadGrads, HeadOut, HeadsOp, Real, Task};
     use crate::ops::cpu::lanes::Plain;
 
     /// The f32 / f64 entry points of the tasks.
     pub trait Kernels: Real {
-        fn forward(op: &HeadsOp, q: &[Self], k: &[Self], v: &[Self], t: Task) -> (Vec<Self>, Vec<Self>);
+        /// Output rows and their softmax statistics.
+        fn forward(op: &HeadsOp, q: &[Self], k: &[Self], v: &[Self], t: Task) -> HeadOut<Self>;
         fn backward(op: &HeadsOp, q: &[Self], k: &[Self], v: &[Self], go: &[Self], lse: &[Self], t: Task) -> HeadGrads<Self>;
     }
 
     impl Kernels for f64 {
-        fn forward(op: &HeadsOp, q: &[f64], k: &[f64], v: &[f64], t: Task) -> (Vec<f64>, Vec<f64>) {
+        fn forward(op: &HeadsOp, q: &[f64], k: &[f64], v: &[f64], t: Task) -> HeadOut<f64> {
             op.forward_task::<f64, Plain<f64>>(q, k, v, t)
         }
         fn backward(op: &HeadsOp, q: &[f64], k: &[f64], v: &[f64], go: &[f64], lse: &[f64], t: Task) -> HeadGrads<f64> {
@@ -339,16 +343,16 @@ mod kernels {
 
     #[cfg(target_arch = "x86_64")]
     mod x86 {
-        use super::{HeadGrads, HeadsOp, Task};
+        use super::{HeadGrads, HeadOut, HeadsOp, Task};
         use crate::ops::cpu::lanes::{Avx2, Avx512};
 
         #[target_feature(enable = "avx512f,avx2,fma")]
-        pub unsafe fn forward_avx512(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> (Vec<f32>, Vec<f32>) {
+        pub unsafe fn forward_avx512(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> HeadOut<f32> {
             op.forward_task::<f32, Avx512>(q, k, v, t)
         }
 
         #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn forward_avx2(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> (Vec<f32>, Vec<f32>) {
+        pub unsafe fn forward_avx2(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> HeadOut<f32> {
             op.forward_task::<f32, Avx2>(q, k, v, t)
         }
 
@@ -364,7 +368,7 @@ mod kernels {
     }
 
     impl Kernels for f32 {
-        fn forward(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> (Vec<f32>, Vec<f32>) {
+        fn forward(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> HeadOut<f32> {
             #[cfg(target_arch = "x86_64")]
             match level() {
                 // SAFETY: `level` detected the features these were compiled for.

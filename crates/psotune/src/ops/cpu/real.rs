@@ -4,10 +4,9 @@
 use candle_core::{CpuStorage, WithDType};
 
 pub trait Real: WithDType {
-    fn exp(self) -> Self;
     fn sqrt(self) -> Self;
-    /// exp for softmax arguments (<= 0): f32 takes the branch-free
-    /// polynomial of `exp_poly` (it vectorises), f64 keeps libm.
+    /// exp for arguments in [-87, 88] (softmax, sigmoid): f32 takes the
+    /// branch-free polynomial of `exp_poly` (it vectorises), f64 keeps libm.
     fn exp_lane(self) -> Self;
     /// libm's erf, the function candle's `gelu_erf` kernel calls, so fused
     /// GELU forwards equal candle's bit for bit.
@@ -24,9 +23,6 @@ pub trait Real: WithDType {
 }
 
 impl Real for f32 {
-    fn exp(self) -> Self {
-        f32::exp(self)
-    }
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
@@ -55,9 +51,6 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    fn exp(self) -> Self {
-        f64::exp(self)
-    }
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }
@@ -92,7 +85,10 @@ impl Real for f64 {
     const FRAC_1_SQRT_2PI: Self = 0.398_942_280_401_432_7;
 }
 
-/// The logistic function.
+/// The logistic function. f32 takes the branch-free exp (a libm call per
+/// element was 3% of a UNet sample, in group norm + SiLU); its clamp to
+/// [-87, 88] changes only results below 1e-38.
+#[inline(always)]
 pub fn sigmoid<T: Real>(v: T) -> T {
-    T::one() / (T::one() + (T::zero() - v).exp())
+    T::one() / (T::one() + (T::zero() - v).exp_lane())
 }
