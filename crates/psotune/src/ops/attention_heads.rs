@@ -3,11 +3,12 @@
 //! diffusers splits heads with `view(B, L, H, D).transpose(1, 2)`, and the
 //! composed path (`attention` on [B*H, L, D]) needs those views contiguous:
 //! q, k and v are copied before attention, the output is copied back after,
-//! and the backward repeats all four copies in reverse. Here the products
-//! read each head as a strided matrix (row stride H*D) and write the output
-//! and the gradients into the [B, L, H*D] layout directly, so no permuted
-//! copy is ever made. Per head and run of query rows, with S = q k^T scale
-//! and P = softmax(S):
+//! and the backward repeats all four copies in reverse. Here each task (one
+//! head of one image, or a run of its query rows) packs only what its tiles
+//! read (K and V of that head, transposed where the product wants it, head
+//! widths padded to 16 and keys to 32; see `cpu::attn_tiles`) and writes
+//! its rows of the output and gradients back into the [B, L, H*D] layout.
+//! Per head and run of query rows, with S = q k^T scale and P = softmax(S):
 //!
 //!   forward   O = P V
 //!   backward  (P recomputed)  dV += P^T dO,  dP = dO V^T,
@@ -15,7 +16,8 @@
 //!
 //! Memory stays bounded as in `attention`: a thread holds the scores of at
 //! most `max(max_elems, M)` entries at once (one run of query rows of one
-//! head); nothing but q, k, v is kept for the backward.
+//! head); the backward keeps q, k, v and two numbers per score row (the
+//! softmax's max and sum).
 
 use std::sync::Mutex;
 
@@ -24,10 +26,13 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{attention_with_limit, ATTENTION_CHUNK_ELEMS};
-use super::cpu::attn_tiles::{add_transposed, pack_rows, pack_transposed, key_stride, round_up, row_max, exp_row, scores, softmax_grad_row, unpack_rows, weighted_rows, KEY_BLOCK, LANES};
+use super::cpu::attn_tiles::{
+    add_transposed, exp_row, key_stride, pack_rows, pack_transposed, round_up, row_max, scores, softmax_grad_row, unpack_rows,
+    weighted_rows, KEY_BLOCK, LANES,
+};
 use super::cpu::lanes::Lanes;
-use kernels::Kernels;
 use super::cpu::real::Real;
+use kernels::Kernels;
 use super::cpu::{slice_of, with_slice};
 
 /// q: [B, N, H*D], k: [B, M, H*D], v: [B, M, H*Dv] -> [B, N, H*Dv]: the
