@@ -61,7 +61,7 @@ pub fn attention_heads_with_limit(q: &Tensor, k: &Tensor, v: &Tensor, heads: usi
     if !fast {
         return composed(q, k, v, &g, scale, max_elems);
     }
-    let rows = chunk_rows(n, m, max_elems);
+    let rows = chunk_rows(&g, max_elems);
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows, stats: Mutex::new(None) })
 }
 
@@ -99,6 +99,21 @@ impl HeadsGeom {
     fn o_len(&self) -> usize {
         self.n * self.heads * self.dv
     }
+    /// The tiles' padded sizes (see `cpu::attn_tiles`).
+    fn padded(&self) -> Padded {
+        let mp = round_up(self.m, KEY_BLOCK);
+        Padded { mp, ld: key_stride(mp), dp: round_up(self.d, LANES), dvp: round_up(self.dv, LANES) }
+    }
+}
+
+/// Keys padded to whole key blocks, the row stride of packed keys and
+/// scores, and head widths padded to whole vectors.
+#[derive(Clone, Copy)]
+struct Padded {
+    mp: usize,
+    ld: usize,
+    dp: usize,
+    dvp: usize,
 }
 
 struct HeadsOp {
@@ -120,8 +135,8 @@ struct HeadsOp {
 const CACHE_CHUNK_ELEMS: usize = 1 << 16;
 
 /// Query rows per chunk: cache-sized, within the caller's memory bound.
-fn chunk_rows(n: usize, m: usize, max_elems: usize) -> usize {
-    let ld = key_stride(round_up(m, KEY_BLOCK));
+fn chunk_rows(g: &HeadsGeom, max_elems: usize) -> usize {
+    let (n, ld) = (g.n, g.padded().ld);
     // Whole 8-row tiles: a leftover row runs a 1-row tile, several times
     // slower per score.
     let cached = (CACHE_CHUNK_ELEMS / ld / 8 * 8).max(8);
@@ -175,14 +190,12 @@ impl HeadsOp {
     fn forward_task<T: Real, V: Lanes<T>>(&self, q: &[T], k: &[T], v: &[T], t: Task) -> HeadOut<T> {
         let g = &self.g;
         let (hd, hdv) = (g.heads * g.d, g.heads * g.dv);
-        let (mp, dvp) = (round_up(g.m, KEY_BLOCK), round_up(g.dv, LANES));
-        let ld = key_stride(mp);
+        let Padded { mp, ld, dvp, .. } = g.padded();
         let (qb, kb, vb) = (image(q, t.b, g.q_len()), image(k, t.b, g.k_len()), image(v, t.b, g.v_len()));
         let kt = pack_transposed(kb, hd, t.h * g.d, g.m, g.d, ld);
         let vp = pack_rows(vb, hdv, t.h * g.dv, g.m, g.dv, dvp);
         let mut out = vec![T::zero(); (t.r1 - t.r0) * dvp];
         let mut stats = vec![[T::zero(); 2]; t.r1 - t.r0];
-        let mut inv = vec![T::zero(); self.rows];
         let mut p = vec![T::zero(); self.rows * ld];
         let scale = T::from_f64(self.scale);
         for r in (t.r0..t.r1).step_by(self.rows) {
@@ -190,16 +203,16 @@ impl HeadsOp {
             scores::<T, V>(&mut p, ld, &qb[r * hd + t.h * g.d..], hd, rl, g.d, &kt, ld, mp);
             // Unnormalised exponentials; each output row is divided by its
             // sum after the product (dv values instead of m).
-            for ((row, st), inv) in p.chunks_mut(ld).zip(&mut stats[r - t.r0..]).zip(&mut inv).take(rl) {
+            let stats = &mut stats[r - t.r0..][..rl];
+            for (row, st) in p.chunks_mut(ld).zip(stats.iter_mut()) {
                 let row = &mut row[..mp];
                 let shift = row_max::<T, V>(row, g.m) * scale;
-                let sum = exp_row::<T, V>(row, g.m, scale, shift);
-                *st = [shift, sum];
-                *inv = T::one() / sum;
+                *st = [shift, exp_row::<T, V>(row, g.m, scale, shift)];
             }
             let ob = &mut out[(r - t.r0) * dvp..];
             weighted_rows::<T, V>(ob, &p, ld, rl, g.m, &vp, dvp);
-            for (orow, &inv) in ob.chunks_mut(dvp).zip(&inv).take(rl) {
+            for (orow, st) in ob.chunks_mut(dvp).zip(stats.iter()) {
+                let inv = T::one() / st[1];
                 for o in orow.iter_mut() {
                     *o *= inv;
                 }
@@ -214,8 +227,7 @@ impl HeadsOp {
     fn backward_task<T: Real, V: Lanes<T>>(&self, q: &[T], k: &[T], v: &[T], go: &[T], lse: &[T], t: Task) -> HeadGrads<T> {
         let g = &self.g;
         let (hd, hdv) = (g.heads * g.d, g.heads * g.dv);
-        let (mp, dp, dvp) = (round_up(g.m, KEY_BLOCK), round_up(g.d, LANES), round_up(g.dv, LANES));
-        let ld = key_stride(mp);
+        let Padded { mp, ld, dp, dvp } = g.padded();
         let (qb, kb, vb) = (image(q, t.b, g.q_len()), image(k, t.b, g.k_len()), image(v, t.b, g.v_len()));
         let rows = t.r1 - t.r0;
         let kt = pack_transposed(kb, hd, t.h * g.d, g.m, g.d, ld);
@@ -244,10 +256,12 @@ impl HeadsOp {
         (dq, dk, dv)
     }
 
-    fn forward<T: Kernels>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+    /// The output, and every score row's (max scaled score, sum) in
+    /// [B, heads, N] order.
+    fn forward<T: Kernels>(&self, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<[f64; 2]>) {
         let g = self.g;
         let parts: Vec<(Task, HeadOut<T>)> = self.tasks().into_par_iter().map(|t| (t, T::forward(self, q, k, v, t))).collect();
-        let (hdv, dvp) = (g.heads * g.dv, round_up(g.dv, LANES));
+        let (hdv, dvp) = (g.heads * g.dv, g.padded().dvp);
         let mut out = vec![T::zero(); g.b * g.o_len()];
         let mut stats = vec![[0f64; 2]; g.b * g.heads * g.n];
         for (t, (part, part_stats)) in parts {
@@ -258,6 +272,12 @@ impl HeadsOp {
                 *d = [s[0].to_f64(), s[1].to_f64()];
             }
         }
+        (out, stats)
+    }
+
+    /// [`Self::forward`], keeping the statistics for the backward.
+    fn forward_keep<T: Kernels>(&self, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+        let (out, stats) = self.forward(q, k, v);
         if let Ok(mut l) = self.stats.lock() {
             *l = Some(stats);
         }
@@ -267,23 +287,18 @@ impl HeadsOp {
     /// (dq, dk, dv) from q, k, v and the output gradient `go`.
     fn backward<T: Kernels>(&self, q: &[T], k: &[T], v: &[T], go: &[T]) -> (Vec<T>, Vec<T>, Vec<T>) {
         let g = self.g;
-        let stored = self.stats.lock().ok().and_then(|l| l.as_ref().map(|l| l.iter().map(|&[max, sum]| T::from_f64(max + sum.ln())).collect::<Vec<T>>()));
-        let lse = match stored {
-            Some(l) => l,
-            // Not run forward on this op (cannot happen through candle's
-            // graph, which runs `cpu_fwd` first): run it for the statistics.
-            None => {
-                self.forward(q, k, v);
-                return self.backward(q, k, v, go);
-            }
-        };
+        let kept = self.stats.lock().ok().and_then(|l| l.clone());
+        // Without kept statistics (not through candle's graph, which runs
+        // `cpu_fwd` first, or a poisoned lock) the forward recomputes them.
+        let stats = kept.unwrap_or_else(|| self.forward(q, k, v).1);
+        let lse: Vec<T> = stats.iter().map(|&[max, sum]| T::from_f64(max + sum.ln())).collect();
         let parts: Vec<(Task, HeadGrads<T>)> = self
             .tasks()
             .into_par_iter()
             .map(|t| (t, T::backward(self, q, k, v, go, &lse[(t.b * g.heads + t.h) * g.n..][..g.n][t.r0..t.r1], t)))
             .collect();
         let (hd, hdv) = (g.heads * g.d, g.heads * g.dv);
-        let (dp, dvp) = (round_up(g.d, LANES), round_up(g.dv, LANES));
+        let Padded { dp, dvp, .. } = g.padded();
         let mut dq = vec![T::zero(); q.len()];
         let mut dk = vec![T::zero(); k.len()];
         let mut dv = vec![T::zero(); v.len()];
@@ -404,8 +419,8 @@ impl CustomOp3 for HeadsOp {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
         let storage = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(self.forward(slice_of(s1, l1)?, slice_of(s2, l2)?, slice_of(s3, l3)?)),
-            DType::F64 => CpuStorage::F64(self.forward(slice_of(s1, l1)?, slice_of(s2, l2)?, slice_of(s3, l3)?)),
+            DType::F32 => CpuStorage::F32(self.forward_keep(slice_of(s1, l1)?, slice_of(s2, l2)?, slice_of(s3, l3)?)),
+            DType::F64 => CpuStorage::F64(self.forward_keep(slice_of(s1, l1)?, slice_of(s2, l2)?, slice_of(s3, l3)?)),
             d => candle_core::bail!("attention: no CPU kernel for {d:?}"),
         };
         Ok((storage, Shape::from((g.b, g.n, g.heads * g.dv))))

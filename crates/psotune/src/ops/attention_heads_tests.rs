@@ -1,6 +1,6 @@
 use candle_core::{DType, Tensor};
 
-use super::{attention_heads_with_limit, composed, HeadsGeom};
+use super::{attention_heads_with_limit, composed, HeadsGeom, HeadsOp};
 use crate::ops::gradcheck::{check, det_tensor as det, project};
 
 /// (q, k, v) for `b` images, `n` queries, `m` keys, 2 heads of width 3
@@ -80,4 +80,17 @@ fn f32_vector_kernels_match_the_f64_reference_on_unet_shapes() {
             assert!(diff <= 2e-5 * (1.0 + size), "b={b} n={n} m={m} heads={heads} d={d}, output/dq/dk/dv #{i}: {diff:e} (size {size})");
         }
     }
+}
+
+#[test]
+fn backward_without_kept_statistics_recomputes_them() {
+    let [q, k, v] = qkv(2, 5, 4);
+    let f = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let (q, k, v) = (f(&q), f(&k), f(&v));
+    let go: Vec<f64> = (0..2 * 5 * 4).map(|i| (i % 7) as f64 * 0.1 - 0.3).collect();
+    let g = HeadsGeom { b: 2, n: 5, m: 4, heads: 2, d: 3, dv: 2 };
+    let op = || HeadsOp { g, scale: 0.4, rows: 2, stats: std::sync::Mutex::new(None) };
+    let kept = op();
+    kept.forward_keep(&q, &k, &v);
+    assert_eq!(kept.backward(&q, &k, &v, &go), op().backward(&q, &k, &v, &go));
 }
