@@ -5,6 +5,14 @@
 //! vectorises when called in a loop (GEGLU's erf, plain lanes of
 //! `lanes::Plain`), and `lanes` repeats it with AVX-512 / AVX2 intrinsics.
 
+/// ln 2 in two parts (the high one exact in few bits), for the range
+/// reduction r = x - n ln 2.
+pub const LN2_HI: f32 = 0.693_359_4;
+pub const LN2_LO: f32 = -2.121_944_4e-4;
+/// exp(r) = 1 + r + r^2 p(r) on |r| <= ln 2 / 2, p's coefficients from the
+/// highest power down (Cephes: the last is 5.0000001201e-1, 0.5 in f32).
+pub const POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+
 /// exp(x) for x in [-87, 88] (softmax arguments are <= 0; smaller ones
 /// are clamped, which changes results only below 1e-38).
 #[inline(always)]
@@ -19,13 +27,11 @@ pub fn exp_f32(x: f32) -> f32 {
     // n as an integer, read from t's mantissa: a float-to-int cast would
     // be a saturating scalar conversion per lane and stop vectorisation.
     let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which is 0.5 in f32
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = POLY[0];
+    for &c in &POLY[1..] {
+        p = p * r + c;
+    }
     let y = p * r * r + r + 1.0;
     y * f32::from_bits((ni.wrapping_add(127) << 23) as u32)
 }

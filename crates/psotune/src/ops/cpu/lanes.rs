@@ -38,15 +38,6 @@ pub trait Lanes<T: Real>: Copy {
     fn exp(self) -> Self;
 }
 
-/// Cephes' expf constants (see `exp_poly::exp_f32`).
-#[cfg(target_arch = "x86_64")]
-mod cephes {
-    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
-    pub const LN2_HI: f32 = 0.693_359_4;
-    pub const LN2_LO: f32 = -2.121_944_4e-4;
-    pub const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
-}
-
 /// Plain arrays: f64 (gradient checks) and CPUs without AVX2 + FMA.
 #[derive(Clone, Copy)]
 pub struct Plain<T>([T; WIDTH]);
@@ -127,7 +118,9 @@ pub use x86::{Avx2, Avx512};
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::cephes::{LN2_HI, LN2_LO, LOG2E, P};
+    use std::f32::consts::LOG2_E as LOG2E;
+
+    use crate::ops::cpu::exp_poly::{LN2_HI, LN2_LO, POLY as P};
     use super::{Lanes, WIDTH};
 
     /// One zmm register of f32.
