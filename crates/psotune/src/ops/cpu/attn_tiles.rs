@@ -9,6 +9,8 @@
 //! padded to [`LANES`] and key counts to [`KEY_BLOCK`] by the caller
 //! (packed copies, zeros past the end), so there are no column tails.
 
+use std::marker::PhantomData;
+
 use super::lanes::{Lanes, WIDTH};
 use super::real::Real;
 
@@ -87,78 +89,7 @@ fn score_tile<T: Real, V: Lanes<T>, const R: usize>(
 /// multiple of [`LANES`]; `out` has row stride `w`).
 #[inline(always)]
 pub fn weighted_rows<T: Real, V: Lanes<T>>(out: &mut [T], p: &[T], ldp: usize, rows: usize, n: usize, y: &[T], w: usize) {
-    let mut c0 = 0;
-    while c0 < w {
-        let left = (w - c0) / LANES;
-        c0 += if left >= 4 {
-            weighted_group::<T, V, 4, 4>(out, p, ldp, rows, n, y, w, c0)
-        } else if left >= 2 {
-            weighted_group::<T, V, 6, 2>(out, p, ldp, rows, n, y, w, c0)
-        } else {
-            weighted_group::<T, V, 8, 1>(out, p, ldp, rows, n, y, w, c0)
-        };
-    }
-}
-
-/// Columns c0..c0 + G LANES of [`weighted_rows`]; returns that width.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn weighted_group<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
-    out: &mut [T],
-    p: &[T],
-    ldp: usize,
-    rows: usize,
-    n: usize,
-    y: &[T],
-    w: usize,
-    c0: usize,
-) -> usize {
-    let mut i = 0;
-    while i + R <= rows {
-        weighted_tile::<T, V, R, G>(out, p, ldp, i, n, y, w, c0);
-        i += R;
-    }
-    while i < rows {
-        weighted_tile::<T, V, 1, G>(out, p, ldp, i, n, y, w, c0);
-        i += 1;
-    }
-    G * LANES
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn weighted_tile<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
-    out: &mut [T],
-    p: &[T],
-    ldp: usize,
-    i0: usize,
-    n: usize,
-    y: &[T],
-    w: usize,
-    c0: usize,
-) {
-    let prows: [&[T]; R] = std::array::from_fn(|r| &p[(i0 + r) * ldp..][..n]);
-    let mut acc = [[V::zero(); G]; R];
-    for j in 0..n {
-        let yr = &y[j * w + c0..][..G * LANES];
-        let mut yv = [V::zero(); G];
-        for (g, v) in yv.iter_mut().enumerate() {
-            *v = V::load(&yr[g * LANES..]);
-        }
-        for (accr, pr) in acc.iter_mut().zip(&prows) {
-            // SAFETY: j < n == pr.len() (as in `score_tile`).
-            let x = V::splat(unsafe { *pr.get_unchecked(j) });
-            for (o, &v) in accr.iter_mut().zip(&yv) {
-                *o = o.mul_add(x, v);
-            }
-        }
-    }
-    for (r, accr) in acc.iter().enumerate() {
-        let dst = &mut out[(i0 + r) * w + c0..][..G * LANES];
-        for (g, a) in accr.iter().enumerate() {
-            a.store(&mut dst[g * LANES..]);
-        }
-    }
+    tile_columns(&mut Weighted::<T, V> { out, p, ldp, n, y, w, lanes: PhantomData }, rows, w);
 }
 
 /// out[j][..w] += sum_{i < rows} p[i ldp + j] x[i w..][..w] for j < n:
@@ -166,82 +97,133 @@ fn weighted_tile<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
 /// multiple of [`LANES`]).
 #[inline(always)]
 pub fn add_transposed<T: Real, V: Lanes<T>>(out: &mut [T], p: &[T], ldp: usize, rows: usize, n: usize, x: &[T], w: usize) {
+    tile_columns(&mut Transposed::<T, V> { out, p, ldp, rows, x, w, lanes: PhantomData }, n, w);
+}
+
+/// A product whose output (`lines` lines of `w` columns) is computed in
+/// register tiles of R lines by G vectors of columns.
+trait ColumnTiles {
+    /// Lines line0..line0 + R, columns c0..c0 + G LANES.
+    fn tile<const R: usize, const G: usize>(&mut self, line0: usize, c0: usize);
+}
+
+/// Every tile of a [`ColumnTiles`] product: columns in groups of 4, 2, then
+/// 1 vectors (4, 6 and 8 lines per tile: at most 16 sums in registers),
+/// leftover lines one at a time.
+#[inline(always)]
+fn tile_columns<K: ColumnTiles>(k: &mut K, lines: usize, w: usize) {
     let mut c0 = 0;
     while c0 < w {
         let left = (w - c0) / LANES;
         c0 += if left >= 4 {
-            transposed_group::<T, V, 4, 4>(out, p, ldp, rows, n, x, w, c0)
+            tile_lines::<K, 4, 4>(k, lines, c0)
         } else if left >= 2 {
-            transposed_group::<T, V, 6, 2>(out, p, ldp, rows, n, x, w, c0)
+            tile_lines::<K, 6, 2>(k, lines, c0)
         } else {
-            transposed_group::<T, V, 8, 1>(out, p, ldp, rows, n, x, w, c0)
+            tile_lines::<K, 8, 1>(k, lines, c0)
         };
     }
 }
 
+/// The tiles of one column group; returns its width.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn transposed_group<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
-    out: &mut [T],
-    p: &[T],
-    ldp: usize,
-    rows: usize,
-    n: usize,
-    x: &[T],
-    w: usize,
-    c0: usize,
-) -> usize {
-    let mut j = 0;
-    while j + R <= n {
-        transposed_tile::<T, V, R, G>(out, p, ldp, rows, j, x, w, c0);
-        j += R;
+fn tile_lines<K: ColumnTiles, const R: usize, const G: usize>(k: &mut K, lines: usize, c0: usize) -> usize {
+    let mut i = 0;
+    while i + R <= lines {
+        k.tile::<R, G>(i, c0);
+        i += R;
     }
-    while j < n {
-        transposed_tile::<T, V, 1, G>(out, p, ldp, rows, j, x, w, c0);
-        j += 1;
+    while i < lines {
+        k.tile::<1, G>(i, c0);
+        i += 1;
     }
     G * LANES
 }
 
+/// G vectors from the start of `s`. Explicit loops, not `array::from_fn`:
+/// its closure was not inlined into the AVX-512 build, so every load
+/// became a call.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn transposed_tile<T: Real, V: Lanes<T>, const R: usize, const G: usize>(
-    out: &mut [T],
-    p: &[T],
-    ldp: usize,
-    rows: usize,
-    j0: usize,
-    x: &[T],
-    w: usize,
-    c0: usize,
-) {
-    // Explicit loops, not `array::from_fn`: its closure was not inlined into
-    // the AVX-512 build, so every load became a call.
-    let mut acc = [[V::zero(); G]; R];
-    for (r, accr) in acc.iter_mut().enumerate() {
-        for (g, a) in accr.iter_mut().enumerate() {
-            *a = V::load(&out[(j0 + r) * w + c0 + g * LANES..]);
-        }
+fn load_group<T: Real, V: Lanes<T>, const G: usize>(s: &[T]) -> [V; G] {
+    let mut v = [V::zero(); G];
+    for (g, x) in v.iter_mut().enumerate() {
+        *x = V::load(&s[g * LANES..]);
     }
-    for i in 0..rows {
-        let xr = &x[i * w + c0..][..G * LANES];
-        let mut xv = [V::zero(); G];
-        for (g, v) in xv.iter_mut().enumerate() {
-            *v = V::load(&xr[g * LANES..]);
-        }
-        let pr = &p[i * ldp + j0..][..R];
-        for (accr, &s) in acc.iter_mut().zip(pr) {
-            let s = V::splat(s);
-            for (o, &v) in accr.iter_mut().zip(&xv) {
-                *o = o.mul_add(s, v);
-            }
-        }
-    }
+    v
+}
+
+/// Stores a tile's sums at lines line0.., columns c0.. of `out` (stride `w`).
+#[inline(always)]
+fn store_tile<T: Real, V: Lanes<T>, const R: usize, const G: usize>(acc: &[[V; G]; R], out: &mut [T], w: usize, line0: usize, c0: usize) {
     for (r, accr) in acc.iter().enumerate() {
-        let dst = &mut out[(j0 + r) * w + c0..][..G * LANES];
+        let dst = &mut out[(line0 + r) * w + c0..][..G * LANES];
         for (g, a) in accr.iter().enumerate() {
             a.store(&mut dst[g * LANES..]);
         }
+    }
+}
+
+/// [`weighted_rows`]: lines are output rows, the reduction runs over keys.
+struct Weighted<'a, T, V> {
+    out: &'a mut [T],
+    p: &'a [T],
+    ldp: usize,
+    n: usize,
+    y: &'a [T],
+    w: usize,
+    lanes: PhantomData<V>,
+}
+
+impl<T: Real, V: Lanes<T>> ColumnTiles for Weighted<'_, T, V> {
+    #[inline(always)]
+    fn tile<const R: usize, const G: usize>(&mut self, i0: usize, c0: usize) {
+        let (n, w) = (self.n, self.w);
+        let prows: [&[T]; R] = std::array::from_fn(|r| &self.p[(i0 + r) * self.ldp..][..n]);
+        let mut acc = [[V::zero(); G]; R];
+        for j in 0..n {
+            let yv: [V; G] = load_group(&self.y[j * w + c0..][..G * LANES]);
+            for (accr, pr) in acc.iter_mut().zip(&prows) {
+                // SAFETY: j < n == pr.len() (as in `score_tile`).
+                let x = V::splat(unsafe { *pr.get_unchecked(j) });
+                for (o, &v) in accr.iter_mut().zip(&yv) {
+                    *o = o.mul_add(x, v);
+                }
+            }
+        }
+        store_tile(&acc, self.out, w, i0, c0);
+    }
+}
+
+/// [`add_transposed`]: lines are keys, the reduction runs over rows.
+struct Transposed<'a, T, V> {
+    out: &'a mut [T],
+    p: &'a [T],
+    ldp: usize,
+    rows: usize,
+    x: &'a [T],
+    w: usize,
+    lanes: PhantomData<V>,
+}
+
+impl<T: Real, V: Lanes<T>> ColumnTiles for Transposed<'_, T, V> {
+    #[inline(always)]
+    fn tile<const R: usize, const G: usize>(&mut self, j0: usize, c0: usize) {
+        let w = self.w;
+        let mut acc = [[V::zero(); G]; R];
+        for (r, accr) in acc.iter_mut().enumerate() {
+            *accr = load_group(&self.out[(j0 + r) * w + c0..]);
+        }
+        for i in 0..self.rows {
+            let xv: [V; G] = load_group(&self.x[i * w + c0..][..G * LANES]);
+            let pr = &self.p[i * self.ldp + j0..][..R];
+            for (accr, &s) in acc.iter_mut().zip(pr) {
+                let s = V::splat(s);
+                for (o, &v) in accr.iter_mut().zip(&xv) {
+                    *o = o.mul_add(s, v);
+                }
+            }
+        }
+        store_tile(&acc, self.out, w, j0, c0);
     }
 }
 
