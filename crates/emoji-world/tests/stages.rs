@@ -85,8 +85,7 @@ fn emoji_world(dir: &Path) -> (bool, String) {
 
 #[test]
 fn all_stages_on_tiny_data_then_nothing_left_to_do() {
-    let dir = std::env::temp_dir().join(format!("emoji-world-stages-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = psotune::scratch::ScratchDir::new("emoji-world-stages").unwrap();
     std::fs::create_dir_all(dir.join("data")).unwrap();
     tiny_data(&dir.join("data"));
     std::fs::write(dir.join("recipe.toml"), RECIPE).unwrap();
@@ -120,5 +119,4 @@ fn all_stages_on_tiny_data_then_nothing_left_to_do() {
     for stage in ["vae", "teacher", "distill", "evaluator", "report"] {
         assert!(log.contains(&format!("{stage}: done")), "{stage} ran again:\n{log}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -88,11 +88,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if !a.no_base {
         candidates.push(Candidate { label: "base".into(), lora: None });
     }
-    let tmp = std::env::temp_dir().join(format!("psotune-eval-{}", std::process::id()));
+    // The runs' LoRAs, exported for sampling; removed however this ends.
+    let tmp = psotune::scratch::ScratchDir::new("psotune-eval")?;
     for run in &a.run {
         let label = run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| run.display().to_string());
         let file = tmp.join(format!("{}-{label}.safetensors", candidates.len()));
-        std::fs::create_dir_all(&tmp)?;
         export_run(run, ExportFormat::Diffusers, &file, None).with_context(|| format!("reading the LoRA of run {}", run.display()))?;
         candidates.push(Candidate { label, lora: Some(file) });
     }
@@ -133,9 +133,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         instance,
         reward: a.reward.as_deref().map(psotune::reward::RewardConfig::parse_inline).transpose()?,
     };
-    let result = compare(&spec, &candidates, |line| eprintln!("{line}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let c = result?;
+    let c = compare(&spec, &candidates, |line| eprintln!("{line}"))?;
+    drop(tmp);
     println!("{} prompts, emoji-FID against {} reference images\n", c.prompts, c.reference_images);
     print!("{}", c.markdown());
     if let Some(path) = &a.grid {

@@ -10,11 +10,10 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-emoji-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use psotune::scratch::ScratchDir;
+
+fn tmp(tag: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-emoji-{tag}")).unwrap()
 }
 
 fn psotune(args: &[&str]) -> (bool, String, String) {

@@ -16,11 +16,10 @@ fn scorer() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scorers/colourfulness.py")
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-online-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use psotune::scratch::ScratchDir;
+
+fn tmp(tag: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-online-{tag}")).unwrap()
 }
 
 /// Run psotune; `fail` sets the scorer's failure hook.

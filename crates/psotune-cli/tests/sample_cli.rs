@@ -12,11 +12,10 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use psotune::scratch::ScratchDir;
+
+fn tmp(tag: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-cli-{tag}")).unwrap()
 }
 
 fn psotune(args: &[&str]) -> (bool, String, String) {

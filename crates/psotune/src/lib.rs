@@ -16,6 +16,7 @@ pub mod objectives;
 pub mod ops;
 pub mod pipeline;
 pub mod reward;
+pub mod scratch;
 pub mod threads;
 pub mod train;
 pub mod tune;

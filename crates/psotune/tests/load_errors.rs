@@ -1,18 +1,18 @@
 //! A broken model folder gets a clear error naming what is wrong, never a panic.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 mod common;
 use common::copy_dir;
 use psotune::nn::weights::read_safetensors;
 use psotune::pipeline::{LoadOptions, Pipeline};
+use psotune::scratch::ScratchDir;
 
-fn fixture_copy(tag: &str) -> PathBuf {
+fn fixture_copy(tag: &str) -> ScratchDir {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sdxl-tiny");
-    let dst = std::env::temp_dir().join(format!("psotune-broken-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
+    let dst = ScratchDir::new(&format!("psotune-broken-{tag}")).unwrap();
     copy_dir(&src, &dst);
     dst
 }

@@ -109,10 +109,10 @@ fn export_both(lora: &LoraSet, layout: &UNetLayout, dir: &Path, name: &str) -> [
     [peft, kohya]
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-lora-parity-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use psotune::scratch::ScratchDir;
+
+fn tmp(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-lora-parity-{name}")).unwrap()
 }
 
 #[test]
@@ -127,7 +127,8 @@ fn exports_are_reproducible() {
             std::fs::create_dir_all(&out).unwrap();
             export_both(&lora, &layout, &out, name);
         }
-        let fresh = export_both(&lora, &layout, &tmp("repro"), name);
+        let repro = tmp("repro");
+        let fresh = export_both(&lora, &layout, &repro, name);
         for f in fresh {
             let committed = read_safetensors(&out.join(f.file_name().unwrap())).unwrap();
             let now = read_safetensors(&f).unwrap();
@@ -190,7 +191,8 @@ fn merged_unet_folder_matches_the_adapters() {
         let lora = seeded_lora(&mut unet);
         lora.switch.set_multiplier(0.8);
         let want = forward(&unet, name, sdxl);
-        let out = tmp("merged").join(name);
+        let scratch = tmp("merged");
+        let out = scratch.join(name);
         save_merged_unet(&base_dir, &lora.weights(), 0.8, &[], &out).unwrap();
         let merged = load(&out);
         let d = max_abs_diff(&forward(&merged, name, sdxl), &want);

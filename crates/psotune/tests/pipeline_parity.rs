@@ -131,8 +131,7 @@ fn half_precision_and_fp16_variant_load_and_sample() {
     // Copy the fixture, store the UNet only as an fp16 variant, sample in f16
     // and bf16: close to the f32 result.
     let src = fixtures().join("sd21-tiny");
-    let dst = std::env::temp_dir().join(format!("psotune-fp16-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
+    let dst = psotune::scratch::ScratchDir::new("psotune-fp16").unwrap();
     copy_dir(&src, &dst);
     let unet_file = dst.join("unet/diffusion_pytorch_model.safetensors");
     let half: HashMap<String, Tensor> =

@@ -221,10 +221,10 @@ fn ckpt_names(root: &Path) -> Vec<String> {
     v
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-resume-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+use psotune::scratch::ScratchDir;
+
+fn tempdir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-resume-{name}")).unwrap()
 }
 
 #[test]

@@ -165,7 +165,7 @@ fn in_process_and_saved_png_scores_agree() {
     let x = (Tensor::randn(0f32, 0.7, (2, 3, 20, 27), &Device::Cpu).unwrap()).clamp(-1.2f32, 1.2f32).unwrap();
     let prompts = vec!["a red fox".to_string(), "a red fox".to_string()];
     let direct = s.score(&x, &prompts).unwrap();
-    let tmp = std::env::temp_dir().join(format!("psotune-reward-png-{}", std::process::id()));
+    let tmp = psotune::scratch::ScratchDir::new("psotune-reward-png").unwrap();
     let mut via_png = Vec::new();
     for i in 0..2 {
         let p = tmp.join(format!("{i}.png"));
@@ -200,10 +200,8 @@ fn the_loader_builds_every_kind() {
 }
 
 /// Copy a fixture folder to a scratch place to break it.
-fn scratch_copy(name: &str, tag: &str) -> PathBuf {
-    let dst = std::env::temp_dir().join(format!("psotune-reward-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
-    std::fs::create_dir_all(&dst).unwrap();
+fn scratch_copy(name: &str, tag: &str) -> psotune::scratch::ScratchDir {
+    let dst = psotune::scratch::ScratchDir::new(&format!("psotune-reward-{tag}")).unwrap();
     for e in std::fs::read_dir(dir().join(name)).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
@@ -243,7 +241,8 @@ fn broken_inputs_are_typed_errors_naming_what_is_wrong() {
     assert!(msg.contains("pad token") && msg.contains("tokenizer_config.json"), "{msg}");
 
     // an aesthetic head for another embedding width
-    let bad = std::env::temp_dir().join(format!("psotune-reward-{}-head.safetensors", std::process::id()));
+    let scratch = psotune::scratch::ScratchDir::new("psotune-reward-head").unwrap();
+    let bad = scratch.join("head.safetensors");
     let mut h = HashMap::new();
     h.insert("layers.0.weight".to_string(), Tensor::zeros((8, 12), DType::F32, &dev).unwrap());
     candle_core::safetensors::save(&h, &bad).unwrap();

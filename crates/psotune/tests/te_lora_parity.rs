@@ -94,10 +94,10 @@ fn export_both(set: &LoraSet, layout: &UNetLayout, dir: &Path, name: &str) -> [P
     [peft, kohya]
 }
 
-fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-te-lora-{}-{tag}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use psotune::scratch::ScratchDir;
+
+fn tmp(tag: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-te-lora-{tag}")).unwrap()
 }
 
 #[test]
@@ -115,7 +115,8 @@ fn adapters_off_is_the_base_model_exactly_and_exports_round_trip() {
             assert_eq!(max_abs_diff(a, b), 0.0);
         }
         // Both formats load back into a fresh pipeline with the same outputs.
-        let files = export_both(&set, &UNetLayout::of(&pipe.unet), &tmp("round-trip"), name);
+        let round_trip = tmp("round-trip");
+        let files = export_both(&set, &UNetLayout::of(&pipe.unet), &round_trip, name);
         for f in files {
             let mut fresh = pipeline(name);
             let loaded = fresh.load_lora(&f, 1.0).unwrap();
@@ -147,7 +148,8 @@ fn te_exports_are_reproducible() {
         if write {
             export_both(&set, &layout, &out, name);
         }
-        for f in export_both(&set, &layout, &tmp("repro"), name) {
+        let repro = tmp("repro");
+        for f in export_both(&set, &layout, &repro, name) {
             let committed = read_safetensors(&out.join(f.file_name().unwrap())).unwrap();
             let now = read_safetensors(&f).unwrap();
             let mut keys: Vec<&String> = now.keys().collect();
@@ -204,7 +206,8 @@ fn merged_text_encoders_match_the_adapters() {
         let (_, te) = split_components(&set.weights());
         let g = read_safetensors(&fixtures().join("golden").join(format!("{name}.safetensors"))).unwrap();
         for (i, enc) in pipe.text_encoders.iter().enumerate() {
-            let out = tmp("merged").join(name).join(TEXT_ENCODERS[i]);
+            let scratch = tmp("merged");
+            let out = scratch.join(name).join(TEXT_ENCODERS[i]);
             save_merged_text_encoder(&fixtures().join(name).join(TEXT_ENCODERS[i]), &te[i], 1.0, &out).unwrap();
             let cfg = ClipTextConfig::from_file(out.join("config.json")).unwrap();
             let w = Weights::from_files(&[out.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap();

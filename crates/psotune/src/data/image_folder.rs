@@ -200,11 +200,10 @@ pub fn describe_selection(select: &std::collections::BTreeMap<String, String>) -
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("psotune-data-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    use crate::scratch::ScratchDir;
+
+    fn temp_dir(name: &str) -> ScratchDir {
+        ScratchDir::new(&format!("psotune-data-{name}")).unwrap()
     }
 
     fn png(path: &Path, w: u32, h: u32) {

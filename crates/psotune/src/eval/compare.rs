@@ -18,6 +18,7 @@ use crate::metrics::mean_cosine_similarity;
 use crate::models::evaluator::Evaluator;
 use crate::pipeline::{LoadOptions, Pipeline};
 use crate::reward::{Reward, RewardConfig};
+use crate::scratch::ScratchDir;
 
 /// Grid rows given to the instance prompt when there is one.
 const INSTANCE_ROWS: usize = 2;
@@ -115,10 +116,11 @@ pub fn compare(spec: &CompareSpec, candidates: &[Candidate], mut log: impl FnMut
         }
         None => None,
     };
+    let reward_dir = ScratchDir::new("psotune-eval-reward")?;
     let mut reward: Option<Box<dyn Reward>> = match &spec.reward {
         Some(cfg) => {
             cfg.check_prompts(&prompts.prompts)?;
-            Some(cfg.build(&std::env::temp_dir().join(format!("psotune-eval-reward-{}", std::process::id())), &dev)?)
+            Some(cfg.build(&reward_dir, &dev)?)
         }
         None => None,
     };

@@ -1,16 +1,15 @@
 //! Round trips through both LoRA formats and the merged UNet, and the LDM
 //! module names against the ones sd-scripts / A1111 use for real SD and SDXL.
 
-use std::path::PathBuf;
 
 use super::*;
 use crate::nn::lora::tests::{max_diff, randomize_b, run, tiny_unet};
 use crate::nn::{apply_lora, LoraConfig, LoraTargets, TargetPreset};
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-export-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use crate::scratch::ScratchDir;
+
+fn tmp(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-export-{name}")).unwrap()
 }
 
 fn sdxl_layout() -> UNetLayout {

@@ -167,11 +167,10 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("psotune-folder-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    use crate::scratch::ScratchDir;
+
+    fn tmp(name: &str) -> ScratchDir {
+        ScratchDir::new(&format!("psotune-folder-{name}")).unwrap()
     }
 
     #[test]

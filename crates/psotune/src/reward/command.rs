@@ -261,11 +261,10 @@ mod tests {
     use super::*;
     use candle_core::{DType, Device};
 
-    fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("psotune-cmd-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    use crate::scratch::ScratchDir;
+
+    fn tmp(tag: &str) -> ScratchDir {
+        ScratchDir::new(&format!("psotune-cmd-{tag}")).unwrap()
     }
 
     /// A shell scorer: reads a request, answers with `reply` (a shell

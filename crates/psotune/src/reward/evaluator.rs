@@ -204,10 +204,10 @@ mod tests {
         Evaluator::new(vb, &config).unwrap()
     }
 
-    fn tmp(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("psotune-reward-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    use crate::scratch::ScratchDir;
+
+    fn tmp(tag: &str) -> ScratchDir {
+        ScratchDir::new(&format!("psotune-reward-{tag}")).unwrap()
     }
 
     #[test]

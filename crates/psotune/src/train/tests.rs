@@ -206,11 +206,10 @@ fn accumulation_averages_micro_batches_from_backward() {
 
 // ---- run directories ----
 
-pub(crate) fn tempdir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use crate::scratch::ScratchDir;
+
+pub(crate) fn tempdir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-train-{name}")).unwrap()
 }
 
 fn save_step(run: &RunDir, opt: &AdamW, step: u64) -> Checkpoint {
@@ -282,7 +281,8 @@ fn run_dir_errors_name_the_damaged_file() {
     assert!(err.contains("step-000005/state.json"), "{err}");
 
     // A checkpoint of the right layout but with other weights names.
-    let run2 = RunDir::open(&tempdir("run_dir_errors2"), "x").unwrap();
+    let root2 = tempdir("run_dir_errors2");
+    let run2 = RunDir::open(&root2, "x").unwrap();
     let ck = save_step(&run2, &opt, 1);
     let other = vec![("p".to_string(), var(&[0.0; 5], &[5])), ("z".to_string(), var(&[0.0], &[1]))];
     let err = ck.restore_weights(&other).unwrap_err().to_string();

@@ -3,7 +3,7 @@
 //! split and augmentation, and training on a tiny synthetic folder (loss
 //! falls, outputs load back, an interrupted run resumes bit-exactly).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -27,11 +27,10 @@ fn tiny_config() -> EvaluatorConfig {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("psotune-evaluator-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use crate::scratch::ScratchDir;
+
+fn temp_dir(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("psotune-evaluator-{name}")).unwrap()
 }
 
 /// Hand-computed: logits (0, ln 3) put probability 3/4 on class 1, so the
