@@ -15,14 +15,16 @@
 //! lora_parity`, then `/work/venv/py/bin/python tools/make_lora_fixtures.py`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+mod common;
+use common::{export_both, fixtures, load_unet as load, max_abs_diff, scratch};
 use psotune::diffusion::randn;
-use psotune::export::{self, save_kohya, save_merged_unet, save_peft, UNetLayout};
-use psotune::models::unet::{AddedCond, UNet2DConditionModel, UNetConfig};
+use psotune::export::{self, save_merged_unet, UNetLayout};
+use psotune::models::unet::{AddedCond, UNet2DConditionModel};
 use psotune::nn::weights::read_safetensors;
-use psotune::nn::{apply_lora, LoraConfig, LoraSet, LoraSwitch, LoraTargets, TargetPreset, Weights};
+use psotune::nn::{apply_lora, LoraConfig, LoraSet, LoraSwitch, LoraTargets, TargetPreset};
 
 const MODELS: [(&str, bool); 2] = [("sd21-tiny", false), ("sdxl-tiny", true)];
 
@@ -50,27 +52,10 @@ fn forward_any(unet: &UNet2DConditionModel, name: &str) -> Tensor {
     }
 }
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn load(dir: &Path) -> UNet2DConditionModel {
-    let cfg = UNetConfig::from_file(dir.join("config.json")).unwrap();
-    let w = Weights::from_files(&[dir.join("diffusion_pytorch_model.safetensors")], DType::F32, &Device::Cpu).unwrap();
-    let unet = UNet2DConditionModel::load(w.var_builder(), &cfg).unwrap();
-    w.finish().unwrap();
-    unet
-}
-
 fn forward(unet: &UNet2DConditionModel, name: &str, sdxl: bool) -> Tensor {
     let g = read_safetensors(&fixtures().join("golden").join(format!("{name}.safetensors"))).unwrap();
     let added = sdxl.then(|| AddedCond { text_embeds: g["unet.text_embeds"].clone(), time_ids: g["unet.time_ids"].clone() });
     unet.forward(&g["unet.sample"], &g["unet.timesteps"], &g["unet.encoder_hidden_states"], added.as_ref()).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// The LoRA psotune exports for the fixtures: every Linear and Conv2d,
@@ -94,27 +79,6 @@ fn seeded_lora(unet: &mut UNet2DConditionModel) -> LoraSet {
     lora
 }
 
-/// Exported in f16 to keep fixtures/ small (both sides read the same
-/// rounded values; loading converts to the model's dtype).
-fn export_both(lora: &LoraSet, layout: &UNetLayout, dir: &Path, name: &str) -> [PathBuf; 2] {
-    let peft = dir.join(format!("{name}.peft.safetensors"));
-    let kohya = dir.join(format!("{name}.kohya.safetensors"));
-    let mut weights = lora.weights();
-    for w in &mut weights {
-        w.lora_a = w.lora_a.to_dtype(DType::F16).unwrap();
-        w.lora_b = w.lora_b.to_dtype(DType::F16).unwrap();
-    }
-    save_peft(&peft, &weights).unwrap();
-    save_kohya(&kohya, &weights, layout, layout.default_names()).unwrap();
-    [peft, kohya]
-}
-
-use psotune::scratch::ScratchDir;
-
-fn tmp(name: &str) -> ScratchDir {
-    ScratchDir::new(&format!("psotune-lora-parity-{name}")).unwrap()
-}
-
 #[test]
 fn exports_are_reproducible() {
     let out = fixtures().join("lora");
@@ -127,7 +91,7 @@ fn exports_are_reproducible() {
             std::fs::create_dir_all(&out).unwrap();
             export_both(&lora, &layout, &out, name);
         }
-        let repro = tmp("repro");
+        let repro = scratch("lora-repro");
         let fresh = export_both(&lora, &layout, &repro, name);
         for f in fresh {
             let committed = read_safetensors(&out.join(f.file_name().unwrap())).unwrap();
@@ -191,7 +155,7 @@ fn merged_unet_folder_matches_the_adapters() {
         let lora = seeded_lora(&mut unet);
         lora.switch.set_multiplier(0.8);
         let want = forward(&unet, name, sdxl);
-        let scratch = tmp("merged");
+        let scratch = scratch("lora-merged");
         let out = scratch.join(name);
         save_merged_unet(&base_dir, &lora.weights(), 0.8, &[], &out).unwrap();
         let merged = load(&out);

@@ -17,11 +17,12 @@
 //! te_lora_parity`, then `/work/venv/py/bin/python tools/make_lora_fixtures.py`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+mod common;
+use common::{export_both, fixtures, max_abs_diff, scratch};
 use psotune::diffusion::randn;
-use psotune::export::{prefixed, save_kohya, save_peft, UNetLayout};
+use psotune::export::{prefixed, UNetLayout};
 use psotune::models::clip::text_encoder_targets;
 use psotune::models::unet::AddedCond;
 use psotune::nn::weights::read_safetensors;
@@ -30,21 +31,12 @@ use psotune::pipeline::{LoadOptions, Pipeline};
 
 const MODELS: [&str; 2] = ["sd21-tiny", "sdxl-tiny"];
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
 fn pipeline(name: &str) -> Pipeline {
     Pipeline::load(&fixtures().join(name), &LoadOptions::default()).unwrap()
 }
 
 fn prompts() -> Vec<String> {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden/prompts.json")).unwrap()).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// (prompt hidden states, pooled, UNet output on the golden inputs).
@@ -81,25 +73,6 @@ fn seeded_lora(pipe: &mut Pipeline) -> LoraSet {
     set
 }
 
-fn export_both(set: &LoraSet, layout: &UNetLayout, dir: &Path, name: &str) -> [PathBuf; 2] {
-    let peft = dir.join(format!("{name}.te.peft.safetensors"));
-    let kohya = dir.join(format!("{name}.te.kohya.safetensors"));
-    let mut weights = set.weights();
-    for w in &mut weights {
-        w.lora_a = w.lora_a.to_dtype(DType::F16).unwrap();
-        w.lora_b = w.lora_b.to_dtype(DType::F16).unwrap();
-    }
-    save_peft(&peft, &weights).unwrap();
-    save_kohya(&kohya, &weights, layout, layout.default_names()).unwrap();
-    [peft, kohya]
-}
-
-use psotune::scratch::ScratchDir;
-
-fn tmp(tag: &str) -> ScratchDir {
-    ScratchDir::new(&format!("psotune-te-lora-{tag}")).unwrap()
-}
-
 #[test]
 fn adapters_off_is_the_base_model_exactly_and_exports_round_trip() {
     for name in MODELS {
@@ -115,8 +88,8 @@ fn adapters_off_is_the_base_model_exactly_and_exports_round_trip() {
             assert_eq!(max_abs_diff(a, b), 0.0);
         }
         // Both formats load back into a fresh pipeline with the same outputs.
-        let round_trip = tmp("round-trip");
-        let files = export_both(&set, &UNetLayout::of(&pipe.unet), &round_trip, name);
+        let round_trip = scratch("te-lora-round-trip");
+        let files = export_both(&set, &UNetLayout::of(&pipe.unet), &round_trip, &format!("{name}.te"));
         for f in files {
             let mut fresh = pipeline(name);
             let loaded = fresh.load_lora(&f, 1.0).unwrap();
@@ -146,10 +119,10 @@ fn te_exports_are_reproducible() {
         let set = seeded_lora(&mut pipe);
         let layout = UNetLayout::of(&pipe.unet);
         if write {
-            export_both(&set, &layout, &out, name);
+            export_both(&set, &layout, &out, &format!("{name}.te"));
         }
-        let repro = tmp("repro");
-        for f in export_both(&set, &layout, &repro, name) {
+        let repro = scratch("te-lora-repro");
+        for f in export_both(&set, &layout, &repro, &format!("{name}.te")) {
             let committed = read_safetensors(&out.join(f.file_name().unwrap())).unwrap();
             let now = read_safetensors(&f).unwrap();
             let mut keys: Vec<&String> = now.keys().collect();
@@ -206,7 +179,7 @@ fn merged_text_encoders_match_the_adapters() {
         let (_, te) = split_components(&set.weights());
         let g = read_safetensors(&fixtures().join("golden").join(format!("{name}.safetensors"))).unwrap();
         for (i, enc) in pipe.text_encoders.iter().enumerate() {
-            let scratch = tmp("merged");
+            let scratch = scratch("te-lora-merged");
             let out = scratch.join(name).join(TEXT_ENCODERS[i]);
             save_merged_text_encoder(&fixtures().join(name).join(TEXT_ENCODERS[i]), &te[i], 1.0, &out).unwrap();
             let cfg = ClipTextConfig::from_file(out.join("config.json")).unwrap();

@@ -8,32 +8,16 @@
 //!   timesteps, odd latent sizes, and the rarer config options.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
+mod common;
+use common::{fixtures, load_unet as load, max_abs_diff};
 use candle_nn::{Init, VarBuilder};
 use psotune::models::unet::{guidance_scale_embedding, AddedCond, UNet2DConditionModel, UNetConfig};
 use psotune::nn::weights::read_safetensors;
 use psotune::nn::Weights;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-/// Load a diffusers `unet` folder strictly: every key used, none missing.
-fn load(dir: &Path) -> UNet2DConditionModel {
-    let cfg = UNetConfig::from_file(dir.join("config.json")).unwrap();
-    let w = Weights::from_files(&[dir.join("diffusion_pytorch_model.safetensors")], DType::F32, &Device::Cpu).unwrap();
-    let unet = UNet2DConditionModel::load(w.var_builder(), &cfg).unwrap();
-    w.finish().unwrap();
-    unet
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-}
 
 fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
     let d = max_abs_diff(got, want);
