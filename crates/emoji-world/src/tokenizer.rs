@@ -88,8 +88,7 @@ mod tests {
 
     #[test]
     fn truncated_bpe_tokenizes_with_the_kept_merges() {
-        let dir = std::env::temp_dir().join(format!("emoji-tok-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = psotune::scratch::ScratchDir::new("emoji-tok").unwrap();
         let bpe = dir.join("bpe.txt");
         std::fs::write(&bpe, "#version: 0.2\nd o\ndo g</w>\nc a\n").unwrap();
         let n = write_tokenizer(&bpe, 2, 16, &dir.join("tok")).unwrap();

@@ -53,6 +53,37 @@ impl Drop for ScratchDir {
     }
 }
 
+/// One file alone in its own [`ScratchDir`] (a config a test writes and
+/// reads back); derefs to the file's path.
+#[derive(Debug)]
+pub struct ScratchFile {
+    _dir: ScratchDir,
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    /// `<scratch dir>/<name>` holding `contents`.
+    pub fn new(prefix: &str, name: &str, contents: impl AsRef<[u8]>) -> Result<Self> {
+        let dir = ScratchDir::new(prefix)?;
+        let path = dir.join(name);
+        std::fs::write(&path, contents).map_err(|e| Error::io(&path, e))?;
+        Ok(ScratchFile { _dir: dir, path })
+    }
+}
+
+impl Deref for ScratchFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for ScratchFile {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +99,14 @@ mod tests {
         drop(a);
         assert!(!kept.exists());
         assert!(b.is_dir());
+    }
+
+    #[test]
+    fn a_scratch_file_takes_its_folder_with_it() {
+        let f = ScratchFile::new("psotune-scratch-file", "config.json", "{}").unwrap();
+        assert_eq!(std::fs::read_to_string(&*f).unwrap(), "{}");
+        let dir = f.parent().unwrap().to_path_buf();
+        drop(f);
+        assert!(!dir.exists());
     }
 }

@@ -79,9 +79,7 @@ mod tests {
 
     #[test]
     fn manifest_errors_name_file_and_line() {
-        let d = std::env::temp_dir().join(format!("psotune-pairs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
+        let d = crate::scratch::ScratchDir::new("psotune-pairs").unwrap();
         image::RgbImage::new(4, 4).save(d.join("a.png")).unwrap();
         image::RgbImage::new(4, 2).save(d.join("b.png")).unwrap();
         let m = d.join("pairs.jsonl");

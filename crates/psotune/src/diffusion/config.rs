@@ -222,12 +222,8 @@ mod tests {
       "trained_betas": null, "use_karras_sigmas": false
     }"#;
 
-    fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("psotune-config-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
+    fn temp_file(name: &str, text: &str) -> crate::scratch::ScratchFile {
+        crate::scratch::ScratchFile::new("psotune-config-test", name, text).unwrap()
     }
 
     #[test]

@@ -136,8 +136,7 @@ mod tests {
 
     #[test]
     fn scheduler_config_decides_when_nothing_else_does() {
-        let d = std::env::temp_dir().join(format!("psotune-defaults-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let d = crate::scratch::ScratchDir::new("psotune-defaults").unwrap();
         let p = d.join("scheduler_config.json");
         std::fs::write(&p, r#"{"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}"#).unwrap();
         let s = SamplingDefaults::from_scheduler(&p).unwrap();

@@ -90,7 +90,8 @@ mod tests {
         let dev = Device::Cpu;
         let vals: Vec<f32> = (0..3 * 4 * 5).map(|i| ((i * 37) % 256) as f32 / 255.0).collect();
         let t = Tensor::from_vec(vals, (3, 4, 5), &dev).unwrap();
-        let p = std::env::temp_dir().join(format!("psotune-img-{}.png", std::process::id()));
+        let d = crate::scratch::ScratchDir::new("psotune-img").unwrap();
+        let p = d.join("image.png");
         save_png(&t, &p).unwrap();
         let back = ((load_image(&p, &dev).unwrap() + 1.0).unwrap() / 2.0).unwrap();
         let diff = (back - &t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -367,8 +367,7 @@ mod tests {
 
     #[test]
     fn processor_config_variants_and_errors() {
-        let dir = std::env::temp_dir().join(format!("psotune-preprocess-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::ScratchDir::new("psotune-preprocess").unwrap();
         let p = dir.join("preprocessor_config.json");
         // transformers 4 era: int sizes
         std::fs::write(&p, r#"{"size": 224, "crop_size": 224, "do_normalize": true, "feature_extractor_type": "CLIPFeatureExtractor"}"#).unwrap();

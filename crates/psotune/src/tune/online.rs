@@ -549,12 +549,12 @@ mod tests {
 
     #[test]
     fn prompt_files_skip_blanks_and_comments() {
-        let f = std::env::temp_dir().join(format!("psotune-prompts-{}.txt", std::process::id()));
+        let d = crate::scratch::ScratchDir::new("psotune-prompts").unwrap();
+        let f = d.join("prompts.txt");
         std::fs::write(&f, "# train\nan emoji of a cat\n\n  an emoji of a dog  \n").unwrap();
         assert_eq!(read_prompts(&f).unwrap(), vec!["an emoji of a cat", "an emoji of a dog"]);
         std::fs::write(&f, "# nothing\n\n").unwrap();
         assert!(read_prompts(&f).unwrap_err().to_string().contains("no prompts"));
-        let _ = std::fs::remove_file(&f);
     }
 
     /// log p(prev | x) of a DMD2 (re-noise) and a Turbo (Euler-ancestral)

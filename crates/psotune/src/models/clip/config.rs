@@ -166,21 +166,13 @@ impl ClipTextConfig {
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, text: &str) -> std::path::PathBuf {
-        std::fs::create_dir_all(dir).unwrap();
-        let p = dir.join("config.json");
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn tmp(name: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("psotune-clip-config-{}-{name}", std::process::id()))
+    fn write(name: &str, text: &str) -> crate::scratch::ScratchFile {
+        crate::scratch::ScratchFile::new(&format!("psotune-clip-config-{name}"), "config.json", text).unwrap()
     }
 
     #[test]
     fn reads_sdxl_text_encoder_2_and_ignores_unknown_keys() {
-        let p = write(
-            &tmp("sdxl"),
+        let p = write("sdxl",
             r#"{"architectures": ["CLIPTextModelWithProjection"], "attention_dropout": 0.0,
                 "bos_token_id": 0, "dropout": 0.0, "eos_token_id": 2, "hidden_act": "gelu",
                 "hidden_size": 1280, "intermediate_size": 5120, "layer_norm_eps": 1e-05,
@@ -198,7 +190,7 @@ mod tests {
 
     #[test]
     fn missing_keys_take_transformers_defaults() {
-        let c = ClipTextConfig::from_file(write(&tmp("defaults"), "{}")).unwrap();
+        let c = ClipTextConfig::from_file(write("defaults", "{}")).unwrap();
         assert_eq!(c.hidden_act, ClipActivation::QuickGelu);
         assert_eq!((c.vocab_size, c.hidden_size, c.eos_token_id), (49408, 512, 49407));
         assert!(!c.has_projection());
@@ -206,19 +198,19 @@ mod tests {
 
     #[test]
     fn unsupported_values_are_rejected_naming_the_file() {
-        let p = write(&tmp("act"), r#"{"hidden_act": "relu"}"#);
+        let p = write("act", r#"{"hidden_act": "relu"}"#);
         let msg = ClipTextConfig::from_file(&p).unwrap_err().to_string();
         assert!(msg.contains("config.json") && msg.contains("relu"), "{msg}");
 
-        let p = write(&tmp("heads"), r#"{"hidden_size": 10, "num_attention_heads": 3}"#);
+        let p = write("heads", r#"{"hidden_size": 10, "num_attention_heads": 3}"#);
         let msg = ClipTextConfig::from_file(&p).unwrap_err().to_string();
         assert!(msg.contains("config.json") && msg.contains("num_attention_heads"), "{msg}");
 
-        let p = write(&tmp("eos"), r#"{"eos_token_id": [1, 2]}"#);
+        let p = write("eos", r#"{"eos_token_id": [1, 2]}"#);
         let msg = ClipTextConfig::from_file(&p).unwrap_err().to_string();
         assert!(msg.contains("eos_token_id"), "{msg}");
 
-        let p = write(&tmp("full"), r#"{"text_config": {}, "vision_config": {}}"#);
+        let p = write("full", r#"{"text_config": {}, "vision_config": {}}"#);
         assert!(ClipTextConfig::from_file(&p).unwrap_err().to_string().contains("CLIPModel"));
     }
 }

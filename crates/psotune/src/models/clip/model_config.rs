@@ -165,12 +165,8 @@ impl ClipConfig {
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("psotune-clip-model-config-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("config.json");
-        std::fs::write(&p, text).unwrap();
-        p
+    fn write(name: &str, text: &str) -> crate::scratch::ScratchFile {
+        crate::scratch::ScratchFile::new(&format!("psotune-clip-model-config-{name}"), "config.json", text).unwrap()
     }
 
     #[test]

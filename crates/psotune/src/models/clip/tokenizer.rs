@@ -396,13 +396,12 @@ fn read_tokenizer_json(path: &Path, mentions: &mut Vec<Mention>) -> Result<(Voca
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
 
     /// A tiny CLIP-style folder: the 512 byte symbols, a few merges, the two
     /// markers; `pad` as in SD1.5 ("<|endoftext|>") or SD2 ("!").
-    pub(crate) fn write_tiny(dir: &PathBuf, pad: &str) {
+    pub(crate) fn write_tiny(dir: &Path, pad: &str) {
         std::fs::create_dir_all(dir).unwrap();
         // CLIP's order: the byte characters sorted by code point (printable
         // ASCII first, so "!" is 0), then the same with "</w>".
@@ -422,8 +421,8 @@ mod tests {
         std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
     }
 
-    fn tmp(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("psotune-clip-tok-{}-{name}", std::process::id()))
+    fn tmp(name: &str) -> crate::scratch::ScratchDir {
+        crate::scratch::ScratchDir::new(&format!("psotune-clip-tok-{name}")).unwrap()
     }
 
     #[test]

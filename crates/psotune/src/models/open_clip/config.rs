@@ -370,12 +370,8 @@ impl OpenClipConfig {
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("psotune-open-clip-config-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("open_clip_config.json");
-        std::fs::write(&p, text).unwrap();
-        p
+    fn write(name: &str, text: &str) -> crate::scratch::ScratchFile {
+        crate::scratch::ScratchFile::new(&format!("psotune-open-clip-config-{name}"), "open_clip_config.json", text).unwrap()
     }
 
     /// open_clip's own model_configs/ViT-H-14.json, the HPSv2 backbone.

@@ -201,12 +201,8 @@ impl VaeConfig {
 mod tests {
     use super::*;
 
-    fn write(dir: &str, text: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("psotune-vae-config-{dir}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let p = d.join("config.json");
-        std::fs::write(&p, text).unwrap();
-        p
+    fn write(dir: &str, text: &str) -> crate::scratch::ScratchFile {
+        crate::scratch::ScratchFile::new(&format!("psotune-vae-config-{dir}"), "config.json", text).unwrap()
     }
 
     const SD21: &str = r#"{
