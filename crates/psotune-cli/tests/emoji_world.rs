@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use psotune::scratch::ScratchDir;
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
-
-use psotune::scratch::ScratchDir;
 
 fn tmp(tag: &str) -> ScratchDir {
     ScratchDir::new(&format!("psotune-emoji-{tag}")).unwrap()

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use psotune::scratch::ScratchDir;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
@@ -15,8 +17,6 @@ fn fixtures() -> PathBuf {
 fn scorer() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scorers/colourfulness.py")
 }
-
-use psotune::scratch::ScratchDir;
 
 fn tmp(tag: &str) -> ScratchDir {
     ScratchDir::new(&format!("psotune-online-{tag}")).unwrap()

@@ -7,12 +7,11 @@ use std::process::Command;
 use candle_core::{DType, Device, Tensor};
 use psotune::nn::weights::read_safetensors;
 use psotune::pipeline::image::load_image;
+use psotune::scratch::ScratchDir;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
-
-use psotune::scratch::ScratchDir;
 
 fn tmp(tag: &str) -> ScratchDir {
     ScratchDir::new(&format!("psotune-cli-{tag}")).unwrap()

@@ -9,12 +9,11 @@ use std::process::{Command, Stdio};
 
 use candle_core::{DType, Device};
 use psotune::pipeline::{load, LoadOptions, ModelFolder};
+use psotune::scratch::ScratchDir;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
-
-use psotune::scratch::ScratchDir;
 
 fn tmp(tag: &str) -> ScratchDir {
     ScratchDir::new(&format!("psotune-tune-{tag}")).unwrap()

@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use psotune::diffusion::{NoiseRng, NoiseRngState, NoiseSchedule, SchedulerConfig};
 use psotune::models::unet::{UNet2DConditionModel, UNetConfig};
 use psotune::nn::Weights;
+use psotune::scratch::ScratchDir;
 use psotune::train::{
     vars_to_tensors, AdamW, AdamWConfig, CheckpointContents, GradAccumulator, LrSchedule, RunDir, WriteStage,
 };
@@ -220,8 +221,6 @@ fn ckpt_names(root: &Path) -> Vec<String> {
     v.sort();
     v
 }
-
-use psotune::scratch::ScratchDir;
 
 fn tempdir(name: &str) -> ScratchDir {
     ScratchDir::new(&format!("psotune-resume-{name}")).unwrap()

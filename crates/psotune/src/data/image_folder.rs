@@ -199,7 +199,6 @@ pub fn describe_selection(select: &std::collections::BTreeMap<String, String>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::scratch::ScratchDir;
 
     fn temp_dir(name: &str) -> ScratchDir {

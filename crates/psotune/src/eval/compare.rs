@@ -116,13 +116,15 @@ pub fn compare(spec: &CompareSpec, candidates: &[Candidate], mut log: impl FnMut
         }
         None => None,
     };
-    let reward_dir = ScratchDir::new("psotune-eval-reward")?;
-    let mut reward: Option<Box<dyn Reward>> = match &spec.reward {
+    // A reward's working folder lives as long as the reward.
+    let (_reward_dir, mut reward): (Option<ScratchDir>, Option<Box<dyn Reward>>) = match &spec.reward {
         Some(cfg) => {
             cfg.check_prompts(&prompts.prompts)?;
-            Some(cfg.build(&reward_dir, &dev)?)
+            let dir = ScratchDir::new("psotune-eval-reward")?;
+            let reward = cfg.build(&dir, &dev)?;
+            (Some(dir), Some(reward))
         }
-        None => None,
+        None => (None, None),
     };
     let g = spec.grid_prompts.min(prompts.len());
     let (mut rows, mut columns) = (Vec::new(), Vec::new());

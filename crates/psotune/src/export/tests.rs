@@ -1,11 +1,9 @@
 //! Round trips through both LoRA formats and the merged UNet, and the LDM
 //! module names against the ones sd-scripts / A1111 use for real SD and SDXL.
 
-
 use super::*;
 use crate::nn::lora::tests::{max_diff, randomize_b, run, tiny_unet};
 use crate::nn::{apply_lora, LoraConfig, LoraTargets, TargetPreset};
-
 use crate::scratch::ScratchDir;
 
 fn tmp(name: &str) -> ScratchDir {

@@ -166,7 +166,6 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::scratch::ScratchDir;
 
     fn tmp(name: &str) -> ScratchDir {

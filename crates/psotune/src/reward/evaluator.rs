@@ -188,6 +188,7 @@ impl Reward for AlignmentReward {
 mod tests {
     use super::*;
     use crate::models::evaluator::{init_weights, EvaluatorConfig};
+    use crate::scratch::ScratchDir;
 
     fn tiny_evaluator() -> Evaluator {
         let config = EvaluatorConfig {
@@ -203,8 +204,6 @@ mod tests {
         let vb = candle_nn::VarBuilder::from_tensors(weights.into_iter().collect(), candle_core::DType::F32, &Device::Cpu);
         Evaluator::new(vb, &config).unwrap()
     }
-
-    use crate::scratch::ScratchDir;
 
     fn tmp(tag: &str) -> ScratchDir {
         ScratchDir::new(&format!("psotune-reward-{tag}")).unwrap()

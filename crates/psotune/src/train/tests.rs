@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor, Var};
 
 use super::*;
 use crate::diffusion::NoiseRngState;
+use crate::scratch::ScratchDir;
 
 fn var(v: &[f32], shape: &[usize]) -> Var {
     Var::from_tensor(&Tensor::from_slice(v, shape, &Device::Cpu).unwrap()).unwrap()
@@ -205,8 +206,6 @@ fn accumulation_averages_micro_batches_from_backward() {
 }
 
 // ---- run directories ----
-
-use crate::scratch::ScratchDir;
 
 pub(crate) fn tempdir(name: &str) -> ScratchDir {
     ScratchDir::new(&format!("psotune-train-{name}")).unwrap()

@@ -396,7 +396,6 @@ fn read_tokenizer_json(path: &Path, mentions: &mut Vec<Mention>) -> Result<(Voca
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     /// A tiny CLIP-style folder: the 512 byte symbols, a few merges, the two

@@ -14,6 +14,7 @@ use super::*;
 use crate::data::ImageFolder;
 use crate::nn::Weights;
 use crate::ops::gradcheck::{check, det_tensor, project};
+use crate::scratch::ScratchDir;
 
 fn tiny_config() -> EvaluatorConfig {
     EvaluatorConfig {
@@ -26,8 +27,6 @@ fn tiny_config() -> EvaluatorConfig {
         categories: vec!["x".into(), "y".into()],
     }
 }
-
-use crate::scratch::ScratchDir;
 
 fn temp_dir(name: &str) -> ScratchDir {
     ScratchDir::new(&format!("psotune-evaluator-{name}")).unwrap()
