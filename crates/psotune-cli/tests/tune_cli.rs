@@ -259,6 +259,10 @@ fn bad_data_fails_with_file_and_line_before_training() {
     // Unknown config keys name the file.
     let (ok, _, err) = psotune(&["tune", &cfg, "--set", "optim.learning-rate=1"]);
     assert!(!ok && err.contains("bad.toml") && err.contains("learning-rate"), "{err}");
+    // Training timesteps past the schedule name the key and the model's own.
+    let good = write(&dir.join("good.toml"), &config("sd21-tiny", "pso", &style_section(&style_data(&dir.join("good"))), 2));
+    let (ok, _, err) = psotune(&["tune", &good, "--out", dir.join("run3").to_str().unwrap(), "--set", "objective.timesteps=[1000]"]);
+    assert!(!ok && err.contains("objective.timesteps = [1000]") && err.contains("sampling timesteps"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

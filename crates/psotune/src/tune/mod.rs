@@ -237,7 +237,14 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
         pipe.sampler(d.sampler, d.steps, d.timesteps.as_deref())?
     };
     let distilled: Vec<f64> = match &cfg.objective.timesteps {
-        Some(ts) => ts.iter().map(|t| *t as f64).collect(),
+        Some(ts) => {
+            let n = schedule.num_train_timesteps();
+            if ts.is_empty() || ts.iter().any(|&t| t >= n) {
+                let msg = format!("objective.timesteps = {ts:?}: give one or more timesteps below the model's {n} training timesteps (its own sampling timesteps are {:?})", chain.timesteps());
+                return Err(Error::config(run.config_path(), msg));
+            }
+            ts.iter().map(|t| *t as f64).collect()
+        }
         None => chain.timesteps().to_vec(),
     };
 
