@@ -11,17 +11,15 @@
 //!
 //! Run from the repository root (it reads models/emoji and assets/emoji).
 
-use std::collections::BTreeMap;
+mod probe_setup;
+
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use psotune::data::{load_image_batch, ImageFolder};
-use psotune::error::{Error, Result};
-use psotune::eval::{quantize_8bit, sample_prompts, Judge, PromptSet, SampleSettings};
-use psotune::models::evaluator::Evaluator;
+use candle_core::Tensor;
+use probe_setup::{Probe, MODEL};
+use psotune::error::Result;
+use psotune::eval::{quantize_8bit, sample_prompts, SampleSettings};
 use psotune::pipeline::{LoadOptions, Pipeline};
-
-const MODEL: &str = "models/emoji";
 
 fn pipeline(lora: Option<(&Path, f64)>) -> Result<Pipeline> {
     let mut p = Pipeline::load(Path::new(MODEL), &LoadOptions::default())?;
@@ -32,18 +30,8 @@ fn pipeline(lora: Option<(&Path, f64)>) -> Result<Pipeline> {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let lora = Path::new(args.first().ok_or_else(|| Error::invalid("usage: one_step_probe LORA.safetensors [PROMPTS]"))?);
-    let n = match args.get(1) {
-        Some(s) => s.parse().map_err(|_| Error::invalid(format!("PROMPTS: {s:?} is not a count")))?,
-        None => 187,
-    };
-    let dev = Device::Cpu;
-    let folder = ImageFolder::open(Path::new("assets/emoji"))?;
-    let select: BTreeMap<String, String> = [("style", "noto"), ("fold", "val")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let reference: Vec<_> = folder.items.iter().filter(|i| i.matches(&select)).collect();
-    let judge = Judge::new(Evaluator::load(&Path::new(MODEL).join("evaluator"), &dev)?, &load_image_batch(&reference, &dev)?)?;
-    let prompts = PromptSet::from_folder(&folder, &select, n, 0)?;
+    let Probe { lora, prompts, judge } = probe_setup::from_args("one_step_probe")?;
+    let lora = lora.as_path();
     let at = |pipe: &Pipeline, steps| sample_prompts(pipe, &prompts.prompts, &SampleSettings { steps: Some(steps), seed: 0, batch: 16, ..Default::default() }, |_| {});
 
     let (base, tuned) = (pipeline(None)?, pipeline(Some((lora, 1.0)))?);

@@ -10,19 +10,18 @@
 //!
 //! Run from the repository root (it reads models/emoji and assets/emoji).
 
+mod probe_setup;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use psotune::data::{load_image_batch, ImageFolder};
+use candle_core::{DType, Tensor};
+use probe_setup::{Probe, MODEL};
 use psotune::diffusion::NoiseRng;
 use psotune::error::{Error, Result};
-use psotune::eval::{quantize_8bit, Judge, PromptSet};
+use psotune::eval::quantize_8bit;
 use psotune::metrics::laplacian_variances;
-use psotune::models::evaluator::Evaluator;
 use psotune::pipeline::{LoadOptions, Pipeline};
-
-const MODEL: &str = "models/emoji";
 const BATCH: usize = 16;
 
 /// The mixes: `true` where the LoRA is on, one entry per step.
@@ -76,24 +75,12 @@ fn paired_change(a: &[f64], b: &[f64]) -> (f64, f64) {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let lora = Path::new(args.first().ok_or_else(|| Error::invalid("usage: step_mix_probe LORA.safetensors [PROMPTS]"))?);
-    let n = match args.get(1) {
-        Some(s) => s.parse().map_err(|_| Error::invalid(format!("PROMPTS: {s:?} is not a count")))?,
-        None => 187,
-    };
-    let dev = Device::Cpu;
-    let folder = ImageFolder::open(Path::new("assets/emoji"))?;
-    let select: BTreeMap<String, String> = [("style", "noto"), ("fold", "val")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let reference: Vec<_> = folder.items.iter().filter(|i| i.matches(&select)).collect();
-    let evaluator = || Evaluator::load(&Path::new(MODEL).join("evaluator"), &dev);
-    let judge = Judge::new(evaluator()?, &load_image_batch(&reference, &dev)?)?;
-    let ev = evaluator()?;
+    let Probe { lora, prompts, judge } = probe_setup::from_args("step_mix_probe")?;
+    let ev = probe_setup::evaluator()?;
     let noto = ev.style_index("noto").ok_or_else(|| Error::invalid("the evaluator has no `noto` style"))?;
-    let prompts = PromptSet::from_folder(&folder, &select, n, 0)?;
     let base = Pipeline::load(Path::new(MODEL), &LoadOptions::default())?;
     let mut tuned = Pipeline::load(Path::new(MODEL), &LoadOptions::default())?;
-    tuned.load_lora(lora, 1.0)?;
+    tuned.load_lora(&lora, 1.0)?;
 
     println!("{} prompts\n", prompts.len());
     println!("| LoRA on steps | emoji-FID to Noto | prompt alignment | Noto score | Noto change (SE) | sharpness | sharpness change (SE) |");
