@@ -126,7 +126,6 @@ fn online_runs_and_a_command_reward_matches_the_built_in_one() {
 
     if !python_available() {
         eprintln!("python3 not found: skipping the command-reward half of this test");
-        let _ = std::fs::remove_dir_all(&dir);
         return;
     }
     let reward = format!("kind = \"command\"\ncommand = [\"python3\", {:?}]\ntimeout-secs = 20", scorer());
@@ -164,7 +163,6 @@ fn online_runs_and_a_command_reward_matches_the_built_in_one() {
         assert_eq!(metrics(&run), metrics(&run_b), "{mode}");
         same_checkpoint(&run, &run_b, "step-000003");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -190,5 +188,4 @@ fn online_trains_on_re_noise_samplers_and_checks_its_chain() {
     let cfg = write(&dir.join("no-reward.toml"), &no_reward);
     let (ok, _, err) = psotune(&["tune", &cfg, "--print-config"], None);
     assert!(!ok && err.contains("[reward]"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

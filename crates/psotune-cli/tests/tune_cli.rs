@@ -145,7 +145,6 @@ fn style_pso_runs_exports_and_resumes_bit_exactly() {
         assert!(a == b, "{f} differs between the uninterrupted and the resumed run");
     }
     assert_eq!(metrics(&killed).len(), 3);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `[model] gradient-checkpointing` changes memory, not training: the same
@@ -169,7 +168,6 @@ fn gradient_checkpointing_trains_like_without() {
             assert!((x - y).abs() <= 1e-4 * x.abs().max(1e-3), "step {}: {key} {x} vs {y}", a["step"]);
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -223,7 +221,6 @@ fn pairs_and_concept_tasks_run() {
     assert!(ok, "{err}");
     // Refreshed references: before training and after step 1.
     assert!(run.join("references/step-000000.safetensors").is_file() && run.join("references/step-000001.safetensors").is_file());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -235,7 +232,6 @@ fn sdxl_style_sft_distilled_runs() {
     assert!(ok, "{err}");
     assert_eq!(metrics(&run).len(), 1);
     assert_eq!(image::image_dimensions(run.join("samples/step-000001.png")).unwrap(), (32, 16));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -263,7 +259,6 @@ fn bad_data_fails_with_file_and_line_before_training() {
     let good = write(&dir.join("good.toml"), &config("sd21-tiny", "pso", &style_section(&style_data(&dir.join("good"))), 2));
     let (ok, _, err) = psotune(&["tune", &good, "--out", dir.join("run3").to_str().unwrap(), "--set", "objective.timesteps=[1000]"]);
     assert!(!ok && err.contains("objective.timesteps = [1000]") && err.contains("sampling timesteps"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -290,7 +285,6 @@ fn pickapic_parquet_pairs_run() {
     let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("run-bad").to_str().unwrap()]);
     assert!(!ok && err.contains("bad.data") && err.contains("row 1, column `jpg_1`"), "{err}");
     assert!(!dir.join("run-bad/metrics.jsonl").exists());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -331,7 +325,6 @@ fn text_encoder_lora_trains_exports_and_samples() {
     for f in ["diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "text_encoder/config.json", "text_encoder_2/model.safetensors"] {
         assert!(merged.join(f).is_file(), "missing {f}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -369,5 +362,4 @@ fn one_step_transfer_term_is_zero_at_the_start_and_resumes_bit_exactly() {
     // Full tuning has no frozen model to transfer from.
     let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("full").to_str().unwrap(), "--set", "lora.full=[\"conv_out\"]", "--set", "objective.kind=sft"]);
     assert!(!ok && err.contains("one-step-transfer"), "{err}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

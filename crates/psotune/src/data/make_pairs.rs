@@ -147,8 +147,7 @@ mod tests {
     fn pairs_from_a_tiny_model_read_back_as_a_manifest() {
         let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sd21-tiny");
         let pipe = Pipeline::load(&model, &Default::default()).unwrap();
-        let out = std::env::temp_dir().join(format!("psotune-make-pairs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
+        let out = crate::scratch::ScratchDir::new("psotune-make-pairs").unwrap();
         let prompts = vec!["a red square".to_string(), "a blue circle".to_string()];
         let spec = PairsSpec { samples_per_prompt: 3, seed: 5, min_margin: 0.0, steps: Some(1) };
         let s = make_pairs(&pipe, &prompts, &mut Brightness, &spec, &out, |_| {}).unwrap();
@@ -162,6 +161,5 @@ mod tests {
         let mut none = Brightness;
         let e = make_pairs(&pipe, &prompts, &mut none, &PairsSpec { samples_per_prompt: 1, ..spec }, &out, |_| {}).unwrap_err();
         assert!(e.to_string().contains("at least 2"));
-        let _ = std::fs::remove_dir_all(&out);
     }
 }

@@ -294,7 +294,6 @@ mod tests {
         assert!(path.is_absolute() && path.ends_with("call-000002/001.png"), "{path:?}");
         assert_eq!(image::image_dimensions(&path).unwrap(), (4, 4));
         assert!(!d.join("img/call-000001").exists(), "only the latest batch is kept");
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -328,7 +327,6 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10), "the hung scorer was killed, not waited for");
         let e = CommandReward::spawn(&["/nonexistent/scorer".to_string()], &d.join("img"), t).err().unwrap();
         assert!(matches!(&e, Error::Reward(RewardError::Spawn { .. })) && e.to_string().contains("/nonexistent/scorer"), "{e}");
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -346,6 +344,5 @@ mod tests {
         let pid = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
         drop(r);
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "scorer {pid} still running");
-        let _ = std::fs::remove_dir_all(&d);
     }
 }
