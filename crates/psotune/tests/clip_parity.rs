@@ -6,16 +6,13 @@
 //! `<|endoftext|>` (SDXL `tokenizer`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+mod common;
+use common::{fixtures, max_abs_diff};
 use psotune::models::clip::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use psotune::nn::weights::read_safetensors;
 use psotune::nn::Weights;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
 
 fn golden(name: &str) -> HashMap<String, Tensor> {
     read_safetensors(&fixtures().join("golden").join(format!("{name}.safetensors"))).unwrap()
@@ -24,11 +21,6 @@ fn golden(name: &str) -> HashMap<String, Tensor> {
 fn prompts() -> Vec<String> {
     let text = std::fs::read_to_string(fixtures().join("golden/prompts.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
 }
 
 /// Load `<pipeline>/<folder>` strictly and compare all three outputs (and

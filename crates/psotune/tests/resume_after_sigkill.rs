@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -26,6 +26,8 @@ use psotune::train::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+mod common;
+use common::fixtures;
 
 const RUN_DIR_ENV: &str = "PSOTUNE_RESUME_RUN_DIR";
 /// `STEP:STAGE` (stage: weights, optimizer, state, renamed, removing): the
@@ -46,10 +48,6 @@ const TIMESTEP_SEED: u64 = 12;
 
 fn trained(name: &str) -> bool {
     !name.starts_with("conv_in.") && !name.starts_with("time_embedding.")
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 fn stage_name(stage: WriteStage) -> &'static str {

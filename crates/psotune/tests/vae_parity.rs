@@ -7,17 +7,14 @@
 //!     post = vae.encode(image).latent_dist   # vae.posterior_mean / _logvar
 //!     decoded = vae.decode(decode_in).sample  # vae.decoded
 
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use psotune::models::vae::AutoencoderKL;
 use psotune::nn::weights::read_safetensors;
+mod common;
+use common::fixtures;
 
 const TOL: f64 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
