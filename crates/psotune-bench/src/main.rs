@@ -45,6 +45,11 @@ enum Cmd {
         dim: usize,
         #[arg(long, default_value_t = 5)]
         steps: usize,
+        /// SIMD paths to time, one after the other in this process
+        /// (comma-separated: avx512, avx2, portable, or `all` for every
+        /// path this CPU runs); default: the active one (PSOTUNE_SIMD).
+        #[arg(long)]
+        simd: Option<String>,
     },
     /// Diffusion training steps of a diffusers UNet folder.
     Train {
@@ -101,18 +106,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let gflops = 2.0 * (n as f64).powi(3) / (ms * 1e-3) / 1e9;
             println!("RESULT workload=gemm ms={ms:.2} gflops={gflops:.1}");
         }
-        Cmd::Attention { batch, tokens, keys, heads, dim, steps } => {
+        Cmd::Attention { batch, tokens, keys, heads, dim, steps, simd: paths } => {
             let keys = if keys == 0 { tokens } else { keys };
-            let (fwd, both) = workloads::attention(batch, tokens, keys, heads, dim, steps)?;
+            let paths = simd_paths(paths.as_deref())?;
             // Two products of 2 N M D flops forward; backward recomputes the
             // scores and runs four more.
             let flops = 2.0 * (batch * heads * tokens * keys * dim) as f64;
-            let (f, b) = (fwd.median(), both.median());
-            println!(
-                "RESULT workload=attention fwd_ms={f:.2} fwd_bwd_ms={b:.2} fwd_gflops={:.1} fwd_bwd_gflops={:.1}",
-                2.0 * flops / (f * 1e-3) / 1e9,
-                7.0 * flops / (b * 1e-3) / 1e9
-            );
+            let mut rows = Vec::new();
+            for path in paths {
+                psotune::simd::set_global(path)?;
+                println!("== simd path {path}");
+                let (fwd, both) = workloads::attention(batch, tokens, keys, heads, dim, steps)?;
+                let (f, b) = (fwd.median(), both.median());
+                let (gf, gb) = (2.0 * flops / (f * 1e-3) / 1e9, 7.0 * flops / (b * 1e-3) / 1e9);
+                rows.push((path, f, b, gf, gb));
+            }
+            if rows.len() > 1 {
+                // Time per FLOP against the widest path measured, scaled by
+                // the vector width: 1.0 = as efficient per lane.
+                let (wide, wf, wb) = (rows[0].0, rows[0].1, rows[0].2);
+                println!("path      fwd ms  fwd+bwd ms  fwd GFLOP/s  fwd+bwd GFLOP/s  per-lane cost vs {wide} (fwd / fwd+bwd)");
+                for &(p, f, b, gf, gb) in &rows {
+                    let lanes = p.vector_lanes() as f64 / wide.vector_lanes() as f64;
+                    println!("{:<8} {f:>7.2} {b:>11.2} {gf:>12.1} {gb:>16.1}  {:.2} / {:.2}", p.name(), f / wf * lanes, b / wb * lanes);
+                }
+            }
+            for (p, f, b, gf, gb) in rows {
+                println!("RESULT workload=attention simd={p} fwd_ms={f:.2} fwd_bwd_ms={b:.2} fwd_gflops={gf:.1} fwd_bwd_gflops={gb:.1}");
+            }
         }
         Cmd::Train { model, batch, latent, lora_rank, checkpointing, steps, warmup } => {
             let args = workloads::TrainArgs { model: &model, batch, latent, lora_rank, checkpointing, steps, warmup };
@@ -139,9 +160,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The paths `--simd` names (`all`: every path this CPU runs); none given:
+/// the active one.
+fn simd_paths(arg: Option<&str>) -> anyhow::Result<Vec<psotune::simd::Path>> {
+    use psotune::simd::{Path, Simd};
+    match arg {
+        None => Ok(vec![Simd::active().path()]),
+        Some("all") => Ok(Path::supported()),
+        Some(list) => list.split(',').map(|s| Ok(Simd::new(Path::parse(s)?)?.path())).collect(),
+    }
+}
+
 fn main() -> ExitCode {
     psotune::threads::init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Err(e) = psotune::simd::init_from_env() {
+        eprintln!("psotune-bench: PSOTUNE_SIMD: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Every result says where it was measured.
+    println!("{}", psotune::simd::describe());
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("psotune-bench: {e:#}");

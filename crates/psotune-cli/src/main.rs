@@ -38,6 +38,11 @@ enum Command {
 fn main() -> ExitCode {
     psotune::threads::init();
     let cli = Cli::parse();
+    // A misspelt PSOTUNE_SIMD, or a path this CPU lacks, stops here.
+    if let Err(e) = psotune::simd::init_from_env() {
+        eprintln!("error: PSOTUNE_SIMD: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Sample(args) => sample::run(*args),

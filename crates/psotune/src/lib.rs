@@ -22,3 +22,4 @@ pub mod train;
 pub mod tune;
 
 pub use error::{Error, Result};
+pub use ops::simd;

@@ -32,6 +32,7 @@ use super::cpu::attn_tiles::{
 };
 use super::cpu::lanes::Lanes;
 use super::cpu::real::Real;
+use super::cpu::simd::Simd;
 use kernels::Kernels;
 use super::cpu::{slice_of, with_slice};
 
@@ -62,7 +63,7 @@ pub fn attention_heads_with_limit(q: &Tensor, k: &Tensor, v: &Tensor, heads: usi
         return composed(q, k, v, &g, scale, max_elems);
     }
     let rows = chunk_rows(&g, max_elems);
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows, stats: Mutex::new(None) })
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows, stats: Mutex::new(None), simd: kernels::active() })
 }
 
 /// Split heads, [`attention_with_limit`], merge heads (diffusers' layout
@@ -127,6 +128,9 @@ struct HeadsOp {
     /// this op in the graph until the backward). The logarithm waits for
     /// the backward: a sample never needs it.
     stats: Mutex<Option<Vec<[f64; 2]>>>,
+    /// The SIMD path, read where the op is made: the forward and the
+    /// backward run the same build, whatever thread runs them.
+    simd: Simd,
 }
 
 /// Score elements per chunk that keep the probabilities and their
@@ -323,11 +327,12 @@ impl HeadsOp {
     }
 }
 
-/// The tasks compiled for AVX-512, for AVX2 + FMA, and for plain lanes,
-/// picked at run time (f64, for gradient checks, always takes plain lanes).
+/// The tasks as [`Kernel`]s, compiled for every SIMD path; f64 (gradient
+/// checks) always takes plain lanes.
 mod kernels {
     use super::{HeadGrads, HeadOut, HeadsOp, Real, Task};
     use crate::ops::cpu::lanes::Plain;
+    use crate::ops::cpu::simd::{Isa, Kernel, Simd};
 
     /// The f32 / f64 entry points of the tasks.
     pub trait Kernels: Real {
@@ -345,69 +350,52 @@ mod kernels {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn level() -> u8 {
-        use std::sync::OnceLock;
-        static LEVEL: OnceLock<u8> = OnceLock::new();
-        *LEVEL.get_or_init(|| {
-            let fma = std::arch::is_x86_feature_detected!("fma");
-            if fma && std::arch::is_x86_feature_detected!("avx512f") {
-                2
-            } else if fma && std::arch::is_x86_feature_detected!("avx2") {
-                1
-            } else {
-                0
-            }
-        })
+    struct Forward<'a> {
+        op: &'a HeadsOp,
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+        t: Task,
     }
 
-    #[cfg(target_arch = "x86_64")]
-    mod x86 {
-        use super::{HeadGrads, HeadOut, HeadsOp, Task};
-        use crate::ops::cpu::lanes::{Avx2, Avx512};
-
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        pub unsafe fn forward_avx512(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> HeadOut<f32> {
-            op.forward_task::<f32, Avx512>(q, k, v, t)
+    impl Kernel for Forward<'_> {
+        type Output = HeadOut<f32>;
+        #[inline(always)]
+        fn run<I: Isa>(self) -> HeadOut<f32> {
+            self.op.forward_task::<f32, I::F32>(self.q, self.k, self.v, self.t)
         }
+    }
 
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn forward_avx2(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> HeadOut<f32> {
-            op.forward_task::<f32, Avx2>(q, k, v, t)
-        }
+    struct Backward<'a> {
+        op: &'a HeadsOp,
+        q: &'a [f32],
+        k: &'a [f32],
+        v: &'a [f32],
+        go: &'a [f32],
+        lse: &'a [f32],
+        t: Task,
+    }
 
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        pub unsafe fn backward_avx512(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], go: &[f32], lse: &[f32], t: Task) -> HeadGrads<f32> {
-            op.backward_task::<f32, Avx512>(q, k, v, go, lse, t)
-        }
-
-        #[target_feature(enable = "avx2,fma")]
-        pub unsafe fn backward_avx2(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], go: &[f32], lse: &[f32], t: Task) -> HeadGrads<f32> {
-            op.backward_task::<f32, Avx2>(q, k, v, go, lse, t)
+    impl Kernel for Backward<'_> {
+        type Output = HeadGrads<f32>;
+        #[inline(always)]
+        fn run<I: Isa>(self) -> HeadGrads<f32> {
+            self.op.backward_task::<f32, I::F32>(self.q, self.k, self.v, self.go, self.lse, self.t)
         }
     }
 
     impl Kernels for f32 {
         fn forward(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], t: Task) -> HeadOut<f32> {
-            #[cfg(target_arch = "x86_64")]
-            match level() {
-                // SAFETY: `level` detected the features these were compiled for.
-                2 => return unsafe { x86::forward_avx512(op, q, k, v, t) },
-                1 => return unsafe { x86::forward_avx2(op, q, k, v, t) },
-                _ => {}
-            }
-            op.forward_task::<f32, Plain<f32>>(q, k, v, t)
+            op.simd.run(Forward { op, q, k, v, t })
         }
         fn backward(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], go: &[f32], lse: &[f32], t: Task) -> HeadGrads<f32> {
-            #[cfg(target_arch = "x86_64")]
-            match level() {
-                // SAFETY: as above.
-                2 => return unsafe { x86::backward_avx512(op, q, k, v, go, lse, t) },
-                1 => return unsafe { x86::backward_avx2(op, q, k, v, go, lse, t) },
-                _ => {}
-            }
-            op.backward_task::<f32, Plain<f32>>(q, k, v, go, lse, t)
+            op.simd.run(Backward { op, q, k, v, go, lse, t })
         }
+    }
+
+    /// The path a new op runs (read on the calling thread).
+    pub fn active() -> Simd {
+        Simd::active()
     }
 }
 

@@ -1,6 +1,7 @@
 use candle_core::{DType, Tensor};
 
 use super::{attention_heads_with_limit, composed, HeadsGeom, HeadsOp};
+use crate::ops::cpu::simd::{with_path, Path, Simd};
 use crate::ops::gradcheck::{check, det_tensor as det, project};
 
 /// (q, k, v) for `b` images, `n` queries, `m` keys, 2 heads of width 3
@@ -73,11 +74,17 @@ fn f32_vector_kernels_match_the_f64_reference_on_unet_shapes() {
         let scale = 1.0 / (d as f64).sqrt();
         let want = out_and_grads(&q, &k, &v, heads, |q, k, v| composed(q, k, v, &g, scale, 1 << 20).unwrap());
         let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
-        let got = out_and_grads(&f(&q), &f(&k), &f(&v), heads, |q, k, v| attention_heads_with_limit(q, k, v, heads, scale, 1 << 20).unwrap());
-        for (i, (a, w)) in got.iter().zip(&want).enumerate() {
-            let size = w.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-            let diff = max_diff(a, w);
-            assert!(diff <= 2e-5 * (1.0 + size), "b={b} n={n} m={m} heads={heads} d={d}, output/dq/dk/dv #{i}: {diff:e} (size {size})");
+        // Every SIMD path the CPU runs, forward and backward in that path.
+        for path in Path::supported() {
+            let got = with_path(path, || {
+                out_and_grads(&f(&q), &f(&k), &f(&v), heads, |q, k, v| attention_heads_with_limit(q, k, v, heads, scale, 1 << 20).unwrap())
+            })
+            .unwrap();
+            for (i, (a, w)) in got.iter().zip(&want).enumerate() {
+                let size = w.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+                let diff = max_diff(a, w);
+                assert!(diff <= 2e-5 * (1.0 + size), "{path}: b={b} n={n} m={m} heads={heads} d={d}, output/dq/dk/dv #{i}: {diff:e} (size {size})");
+            }
         }
     }
 }
@@ -89,7 +96,7 @@ fn backward_without_kept_statistics_recomputes_them() {
     let (q, k, v) = (f(&q), f(&k), f(&v));
     let go: Vec<f64> = (0..2 * 5 * 4).map(|i| (i % 7) as f64 * 0.1 - 0.3).collect();
     let g = HeadsGeom { b: 2, n: 5, m: 4, heads: 2, d: 3, dv: 2 };
-    let op = || HeadsOp { g, scale: 0.4, rows: 2, stats: std::sync::Mutex::new(None) };
+    let op = || HeadsOp { g, scale: 0.4, rows: 2, stats: std::sync::Mutex::new(None), simd: Simd::active() };
     let kept = op();
     kept.forward_keep(&q, &k, &v);
     assert_eq!(kept.backward(&q, &k, &v, &go), op().backward(&q, &k, &v, &go));

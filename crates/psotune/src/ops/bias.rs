@@ -10,6 +10,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 
+use super::cpu::simd::Simd;
 use super::cpu::{rows_per_task, slice_of, with_slice};
 
 const TASK_ELEMS: usize = 1 << 15;
@@ -24,11 +25,13 @@ pub fn bias_add_last(y: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !fast {
         return y.broadcast_add(b);
     }
-    y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd { n })
+    y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd { n, simd: Simd::active() })
 }
 
 struct BiasAdd {
     n: usize,
+    /// The SIMD path, read on the thread that made the op.
+    simd: Simd,
 }
 
 impl BiasAdd {
@@ -36,11 +39,13 @@ impl BiasAdd {
         let mut out = y.to_vec();
         let task = rows_per_task(self.n, TASK_ELEMS) * self.n;
         out.par_chunks_mut(task).for_each(|t| {
-            for row in t.chunks_mut(self.n) {
-                for (o, &v) in row.iter_mut().zip(b) {
-                    *o += v;
+            self.simd.vectorize(#[inline(always)] || {
+                for row in t.chunks_mut(self.n) {
+                    for (o, &v) in row.iter_mut().zip(b) {
+                        *o += v;
+                    }
                 }
-            }
+            })
         });
         out
     }
@@ -52,13 +57,15 @@ impl BiasAdd {
         let partials: Vec<Vec<T>> = g
             .par_chunks(task)
             .map(|t| {
-                let mut acc = vec![T::zero(); n];
-                for row in t.chunks(n) {
-                    for (a, &v) in acc.iter_mut().zip(row) {
-                        *a += v;
+                self.simd.vectorize(#[inline(always)] || {
+                    let mut acc = vec![T::zero(); n];
+                    for row in t.chunks(n) {
+                        for (a, &v) in acc.iter_mut().zip(row) {
+                            *a += v;
+                        }
                     }
-                }
-                acc
+                    acc
+                })
             })
             .collect();
         let mut sum = vec![0f64; n];

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use super::cpu::gemm::{matmul, Mat};
 use super::cpu::im2col::{col2im_add, im2col, transpose, ConvGeom};
+use super::cpu::simd::Simd;
 use super::cpu::reduce::lane_sum;
 use super::cpu::with_slice;
 
@@ -232,6 +233,9 @@ struct Plan {
     rows: usize,
     /// Images per product (> 1 only for small images that fit one chunk).
     group: usize,
+    /// The SIMD path of im2col / col2im / transpose, read where the plan is
+    /// made (the thread that runs the op).
+    simd: Simd,
 }
 
 impl Plan {
@@ -248,7 +252,7 @@ impl Plan {
             1
         };
         let per_image = g.batch.div_ceil(group) >= threads && threads > 1;
-        Self { per_image, threads, rows, group }
+        Self { per_image, threads, rows, group, simd: Simd::active() }
     }
 
     fn gemm_threads(&self) -> usize {
@@ -304,7 +308,7 @@ fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T], bias:
         let mut col = vec![T::zero(); k * plan.rows * g.wo];
         for (r0, rows) in plan.chunks(g.ho) {
             let nc = rows * g.wo;
-            im2col(g, xb, r0, rows, &mut col, nc, !plan.per_image);
+            im2col(plan.simd, g, xb, r0, rows, &mut col, nc, !plan.per_image);
             matmul(&mut yb[r0 * g.wo..], n, wm, Mat::rows(&col, k, nc, nc), acc, plan.gemm_threads());
         }
     });
@@ -329,7 +333,7 @@ fn input_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, w: &[T], gy: &[T]) -
         for (r0, rows) in plan.chunks(g.ho) {
             let nc = rows * g.wo;
             matmul(&mut col, nc, wt, Mat::rows(&gyb[r0 * g.wo..], g.cout, nc, n), false, plan.gemm_threads());
-            col2im_add(g, &col, r0, rows, nc, gxb, !plan.per_image);
+            col2im_add(plan.simd, g, &col, r0, rows, nc, gxb, !plan.per_image);
         }
     });
     gx
@@ -350,18 +354,18 @@ fn weight_grad<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], gy: &[T]) 
             let xb = &x[b * g.in_len()..(b + 1) * g.in_len()];
             let gyb = &gy[b * g.cout * n..(b + 1) * g.cout * n];
             if g.is_pointwise() {
-                transpose(xb, k, n, &mut col_t);
+                transpose(plan.simd, xb, k, n, &mut col_t);
                 matmul(acc, k, Mat::rows(gyb, g.cout, n, n), Mat::rows(&col_t, n, k, k), true, plan.gemm_threads());
                 continue;
             }
             for (r0, rows) in plan.chunks(g.ho) {
                 let nc = rows * g.wo;
-                im2col(g, xb, r0, rows, &mut col, nc, !plan.per_image);
+                im2col(plan.simd, g, xb, r0, rows, &mut col, nc, !plan.per_image);
                 // The product reduces over positions, the contiguous axis
                 // of both operands; gemm's packing of such an operand is a
                 // strided gather (10% of a training step). One blocked
                 // transpose first makes the large operand contiguous.
-                transpose(&col[..k * nc], k, nc, &mut col_t);
+                transpose(plan.simd, &col[..k * nc], k, nc, &mut col_t);
                 let gym = Mat::rows(&gyb[r0 * g.wo..], g.cout, nc, n);
                 matmul(acc, k, gym, Mat::rows(&col_t, nc, k, k), true, plan.gemm_threads());
             }
@@ -416,7 +420,7 @@ fn scatter<T: WithDType>(src: &[T], imgs: usize, rows: usize, n: usize, dst: &mu
 }
 
 /// The column matrix [K, imgs * n] of images `b0..b0 + imgs`, side by side.
-fn group_columns<T: WithDType>(g: &ConvGeom, x: &[T], b0: usize, imgs: usize) -> Vec<T> {
+fn group_columns<T: WithDType>(g: &ConvGeom, simd: Simd, x: &[T], b0: usize, imgs: usize) -> Vec<T> {
     let (k, n) = (g.k(), g.n());
     let cols = imgs * n;
     let mut col = vec![T::zero(); k * cols];
@@ -425,7 +429,7 @@ fn group_columns<T: WithDType>(g: &ConvGeom, x: &[T], b0: usize, imgs: usize) ->
         gather(xs, imgs, g.cin, n, &mut col);
     } else {
         for i in 0..imgs {
-            im2col(g, &xs[i * g.in_len()..][..g.in_len()], 0, g.ho, &mut col[i * n..], cols, false);
+            im2col(simd, g, &xs[i * g.in_len()..][..g.in_len()], 0, g.ho, &mut col[i * n..], cols, false);
         }
     }
     col
@@ -441,7 +445,7 @@ fn forward_grouped<T: WithDType>(g: &ConvGeom, plan: &Plan, x: &[T], w: &[T], bi
     plan.each_image(&mut y, plan.group * unit, |u, yu| {
         let imgs = yu.len() / unit;
         let cols = imgs * n;
-        let col = group_columns(g, x, u * plan.group, imgs);
+        let col = group_columns(g, plan.simd, x, u * plan.group, imgs);
         let mut out = vec![T::zero(); g.cout * cols];
         if let Some(bias) = bias {
             for (row, &v) in out.chunks_mut(cols).zip(bias) {
@@ -472,7 +476,7 @@ fn input_grad_grouped<T: WithDType>(g: &ConvGeom, plan: &Plan, w: &[T], gy: &[T]
             return;
         }
         for i in 0..imgs {
-            col2im_add(g, &col[i * n..], 0, g.ho, cols, &mut gxu[i * g.in_len()..][..g.in_len()], false);
+            col2im_add(plan.simd, g, &col[i * n..], 0, g.ho, cols, &mut gxu[i * g.in_len()..][..g.in_len()], false);
         }
     });
     gx
@@ -485,11 +489,11 @@ fn add_weight_grad_grouped<T: WithDType>(g: &ConvGeom, plan: &Plan, x: &[T], gy:
     for b0 in range.clone().step_by(plan.group) {
         let imgs = plan.group.min(range.end - b0);
         let cols = imgs * n;
-        let col = group_columns(g, x, b0, imgs);
+        let col = group_columns(g, plan.simd, x, b0, imgs);
         let mut gyg = vec![T::zero(); g.cout * cols];
         gather(&gy[b0 * g.cout * n..(b0 + imgs) * g.cout * n], imgs, g.cout, n, &mut gyg);
         let mut col_t = vec![T::zero(); k * cols];
-        transpose(&col, k, cols, &mut col_t);
+        transpose(plan.simd, &col, k, cols, &mut col_t);
         matmul(acc, k, Mat::rows(&gyg, g.cout, cols, cols), Mat::rows(&col_t, cols, k, k), true, plan.gemm_threads());
     }
 }

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::activation::geglu_composed;
 use super::cpu::real::Real;
+use super::cpu::simd::Simd;
 use super::cpu::{rows_per_task, slice_of, with_slice};
 
 const TASK_ELEMS: usize = 1 << 14;
@@ -37,11 +38,13 @@ pub fn geglu(projected: &Tensor) -> Result<Tensor> {
     if !fast {
         return geglu_composed(projected);
     }
-    projected.contiguous()?.apply_op1(GegluOp { half: n / 2 })
+    projected.contiguous()?.apply_op1(GegluOp { half: n / 2, simd: Simd::active() })
 }
 
 struct GegluOp {
     half: usize,
+    /// The SIMD path, read on the thread that made the op.
+    simd: Simd,
 }
 
 impl GegluOp {
@@ -50,10 +53,12 @@ impl GegluOp {
         let mut y = vec![T::zero(); p.len() / 2];
         let rows = rows_per_task(2 * n, TASK_ELEMS);
         y.par_chunks_mut(rows * n).zip(p.par_chunks(rows * 2 * n)).for_each(|(yt, pt)| {
-            for (yr, pr) in yt.chunks_mut(n).zip(pt.chunks(2 * n)) {
-                let (h, a) = pr.split_at(n);
-                T::geglu_row(yr, h, a);
-            }
+            self.simd.vectorize(#[inline(always)] || {
+                for (yr, pr) in yt.chunks_mut(n).zip(pt.chunks(2 * n)) {
+                    let (h, a) = pr.split_at(n);
+                    T::geglu_row(yr, h, a);
+                }
+            })
         });
         y
     }
@@ -63,11 +68,13 @@ impl GegluOp {
         let mut dp = vec![T::zero(); p.len()];
         let rows = rows_per_task(2 * n, TASK_ELEMS);
         dp.par_chunks_mut(rows * 2 * n).zip(p.par_chunks(rows * 2 * n)).zip(g.par_chunks(rows * n)).for_each(|((dt, pt), gt)| {
-            for ((dr, pr), gr) in dt.chunks_mut(2 * n).zip(pt.chunks(2 * n)).zip(gt.chunks(n)) {
-                let (h, a) = pr.split_at(n);
-                let (dh, da) = dr.split_at_mut(n);
-                T::geglu_grad_row(dh, da, h, a, gr);
-            }
+            self.simd.vectorize(#[inline(always)] || {
+                for ((dr, pr), gr) in dt.chunks_mut(2 * n).zip(pt.chunks(2 * n)).zip(gt.chunks(n)) {
+                    let (h, a) = pr.split_at(n);
+                    let (dh, da) = dr.split_at_mut(n);
+                    T::geglu_grad_row(dh, da, h, a, gr);
+                }
+            })
         });
         dp
     }

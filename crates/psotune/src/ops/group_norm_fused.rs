@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::cpu::real::{sigmoid, Real};
 use super::cpu::reduce::lane_sum;
+use super::cpu::simd::Simd;
 use super::cpu::with_slice;
 use super::{group_norm, silu};
 
@@ -53,7 +54,7 @@ fn apply(x: &Tensor, groups: usize, weight: &Tensor, bias: &Tensor, eps: f64, wi
         return if with_silu { silu(&y) } else { Ok(y) };
     }
     let shape = GnShape { batch: dims[0], channels: c, groups, spatial: dims[2..].iter().product() };
-    let op = GroupNormOp { shape, eps, with_silu };
+    let op = GroupNormOp { shape, eps, with_silu, simd: Simd::active() };
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
@@ -81,6 +82,8 @@ struct GroupNormOp {
     shape: GnShape,
     eps: f64,
     with_silu: bool,
+    /// The SIMD path, read on the thread that made the op.
+    simd: Simd,
 }
 
 fn slice_of<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
@@ -91,6 +94,7 @@ fn slice_of<'a, T: Real>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
 }
 
 /// (mean, 1 / sqrt(var + eps)) of one block, biased variance, two passes.
+#[inline(always)]
 fn stats<T: Real>(xs: &[T], eps: f64) -> (T, T) {
     let n = xs.len().max(1) as f64;
     let mean = lane_sum(xs, |v| v) / n;
@@ -106,7 +110,7 @@ impl GroupNormOp {
         if s.block() == 0 {
             return y;
         }
-        y.par_chunks_mut(s.block()).zip(x.par_chunks(s.block())).enumerate().for_each(|(i, (yb, xb))| {
+        y.par_chunks_mut(s.block()).zip(x.par_chunks(s.block())).enumerate().for_each(|(i, (yb, xb))| self.simd.vectorize(#[inline(always)] || {
             let (mean, rstd) = stats(xb, self.eps);
             let c0 = (i % s.groups) * s.per_group();
             for (ci, (yc, xc)) in yb.chunks_mut(s.spatial).zip(xb.chunks(s.spatial)).enumerate() {
@@ -124,7 +128,7 @@ impl GroupNormOp {
                     }
                 }
             }
-        });
+        }));
         y
     }
 
@@ -141,7 +145,7 @@ impl GroupNormOp {
                 .zip(gy.par_chunks(s.block()))
                 .zip(sums.par_chunks_mut(cpg))
                 .enumerate()
-                .for_each(|(i, (((dxb, xb), gyb), sb))| {
+                .for_each(|(i, (((dxb, xb), gyb), sb))| self.simd.vectorize(#[inline(always)] || {
                     let (mean, rstd) = stats(xb, self.eps);
                     let c0 = (i % s.groups) * cpg;
                     let (mut a_sum, mut b_sum) = (0f64, 0f64);
@@ -196,7 +200,7 @@ impl GroupNormOp {
                             *d = *d * p - v * q + c;
                         }
                     }
-                });
+                }));
         }
         let (mut dgamma, mut dbeta) = (vec![0f64; s.channels], vec![0f64; s.channels]);
         for per_image in sums.chunks(s.channels) {

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use super::cpu::real::Real;
 use super::cpu::reduce::lane_sum;
+use super::cpu::simd::Simd;
 use super::cpu::{rows_per_task, slice_of, with_slice};
 use super::norm::layer_norm_composed;
 
@@ -41,15 +42,18 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) 
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(dim, dt, x.device())?,
     };
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, LayerNormOp { dim, eps })
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, LayerNormOp { dim, eps, simd: Simd::active() })
 }
 
 struct LayerNormOp {
     dim: usize,
     eps: f64,
+    /// The SIMD path, read on the thread that made the op.
+    simd: Simd,
 }
 
 /// (mean, 1 / sqrt(var + eps)) of one row, biased variance, two passes.
+#[inline(always)]
 fn stats<T: Real>(xs: &[T], eps: f64) -> (T, T) {
     let n = xs.len() as f64;
     let mean = lane_sum(xs, |v| v) / n;
@@ -64,12 +68,14 @@ impl LayerNormOp {
         let mut y = vec![T::zero(); x.len()];
         let task = rows_per_task(d, TASK_ELEMS) * d;
         y.par_chunks_mut(task).zip(x.par_chunks(task)).for_each(|(yt, xt)| {
-            for (yr, xr) in yt.chunks_mut(d).zip(xt.chunks(d)) {
-                let (mean, rstd) = stats(xr, self.eps);
-                for (((o, &v), &gm), &bt) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
-                    *o = (v - mean) * rstd * gm + bt;
+            self.simd.vectorize(#[inline(always)] || {
+                for (yr, xr) in yt.chunks_mut(d).zip(xt.chunks(d)) {
+                    let (mean, rstd) = stats(xr, self.eps);
+                    for (((o, &v), &gm), &bt) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+                        *o = (v - mean) * rstd * gm + bt;
+                    }
                 }
-            }
+            })
         });
         y
     }
@@ -85,7 +91,7 @@ impl LayerNormOp {
             .par_chunks_mut(task)
             .zip(x.par_chunks(task))
             .zip(gy.par_chunks(task))
-            .map(|((dxt, xt), gt)| {
+            .map(|((dxt, xt), gt)| self.simd.vectorize(#[inline(always)] || {
                 let (mut dg, mut db) = (vec![0f64; d], vec![0f64; d]);
                 let mut xhat = vec![T::zero(); d];
                 for ((dxr, xr), gr) in dxt.chunks_mut(d).zip(xt.chunks(d)).zip(gt.chunks(d)) {
@@ -107,7 +113,7 @@ impl LayerNormOp {
                     }
                 }
                 (dg, db)
-            })
+            }))
             .collect();
         let (mut dg, mut db) = (vec![0f64; d], vec![0f64; d]);
         for (pg, pb) in &partials {

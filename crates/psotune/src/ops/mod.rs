@@ -35,6 +35,8 @@ pub use layer_norm_fused::layer_norm;
 pub use norm::group_norm;
 pub use softmax::softmax_last_dim;
 pub use upsample::{upsample_nearest2x, upsample_nearest_to};
+/// The SIMD path of the CPU kernels (`PSOTUNE_SIMD`).
+pub use cpu::simd;
 
 /// The dtype reductions run in: f32 for half-precision input, as PyTorch's
 /// CPU kernels accumulate (`opmath_t`); summing thousands of values in f16

@@ -13,6 +13,7 @@ use candle_core::{DType, Result, Tensor};
 
 use super::optim::Hyper;
 use crate::ops::cpu::real::Real;
+use crate::ops::cpu::simd::Simd;
 use crate::ops::cpu::{with_slice, with_slice_mut};
 
 /// Whether [`update`] handles these tensors: all on the CPU, one float
@@ -41,7 +42,7 @@ fn update_typed<T: Real>(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &Hyp
                     if ps.len() != gs.len() || ms.len() != gs.len() || vs.len() != gs.len() {
                         candle_core::bail!("adamw: parameter, gradient and moments differ in size");
                     }
-                    step_slices(ps, gs, ms, vs, h);
+                    Simd::active().vectorize(#[inline(always)] || step_slices(ps, gs, ms, vs, h));
                     Ok(())
                 })
             })
@@ -51,6 +52,9 @@ fn update_typed<T: Real>(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &Hyp
 
 /// The arithmetic, element by element; each line is one tensor op of
 /// `update_composed` (a `+ zero` is the add of `affine(mul, 0.0)`).
+/// Every SIMD build vectorises the same per-element expressions (no FMA
+/// contraction in Rust), so all of them equal the tensor ops bit for bit.
+#[inline(always)]
 pub(crate) fn step_slices<T: Real>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: &Hyper) {
     let c = |x: f64| T::from_f64(x);
     let (decay, b1, b2) = (c(h.decay), c(1.0 - h.beta1), c(h.beta2));

@@ -276,6 +276,12 @@ mod kernel_tests {
     /// mixed sign and zeros.
     #[test]
     fn in_place_kernel_is_bit_identical_to_tensor_ops() {
+        for path in crate::ops::cpu::simd::Path::supported() {
+            crate::ops::cpu::simd::with_path(path, || kernel_equals_tensor_ops(&path.to_string())).unwrap();
+        }
+    }
+
+    fn kernel_equals_tensor_ops(path: &str) {
         for wd in [0.0, 0.05] {
             let cfg = AdamWConfig { lr: 3e-3, beta1: 0.85, beta2: 0.99, eps: 1e-6, weight_decay: wd };
             let init = det_tensor(&[37, 5], 1).to_dtype(DType::F32).unwrap();
@@ -290,9 +296,9 @@ mod kernel_tests {
                 adamw_kernel::update(&p, &g, &m, &v, &h).unwrap();
                 let (ea, es) = update_composed(&var, &g, &st, &h).unwrap();
                 st = ParamState { step, exp_avg: ea, exp_avg_sq: es };
-                assert_eq!(bits(&p), bits(var.as_tensor()), "parameter, wd {wd}, step {step}");
-                assert_eq!(bits(&m), bits(&st.exp_avg), "exp_avg, step {step}");
-                assert_eq!(bits(&v), bits(&st.exp_avg_sq), "exp_avg_sq, step {step}");
+                assert_eq!(bits(&p), bits(var.as_tensor()), "{path}: parameter, wd {wd}, step {step}");
+                assert_eq!(bits(&m), bits(&st.exp_avg), "{path}: exp_avg, step {step}");
+                assert_eq!(bits(&v), bits(&st.exp_avg_sq), "{path}: exp_avg_sq, step {step}");
             }
         }
     }

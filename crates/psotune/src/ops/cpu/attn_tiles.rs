@@ -61,7 +61,12 @@ fn score_tile<T: Real, V: Lanes<T>, const R: usize>(
     ldb: usize,
     cols: usize,
 ) {
-    let arows: [&[T]; R] = std::array::from_fn(|r| &a[(i0 + r) * lda..][..depth]);
+    // Explicit loops, not `array::from_fn`: its closure is not inlined into
+    // the SIMD builds (see `load_group`).
+    let mut arows: [&[T]; R] = [&[]; R];
+    for (r, row) in arows.iter_mut().enumerate() {
+        *row = &a[(i0 + r) * lda..][..depth];
+    }
     for j0 in (0..cols).step_by(KEY_BLOCK) {
         let mut acc = [[V::zero(); 2]; R];
         for c in 0..depth {
@@ -178,7 +183,10 @@ impl<T: Real, V: Lanes<T>> ColumnTiles for Weighted<'_, T, V> {
     #[inline(always)]
     fn tile<const R: usize, const G: usize>(&mut self, i0: usize, c0: usize) {
         let (n, w) = (self.n, self.w);
-        let prows: [&[T]; R] = std::array::from_fn(|r| &self.p[(i0 + r) * self.ldp..][..n]);
+        let mut prows: [&[T]; R] = [&[]; R];
+        for (r, row) in prows.iter_mut().enumerate() {
+            *row = &self.p[(i0 + r) * self.ldp..][..n];
+        }
         let mut acc = [[V::zero(); G]; R];
         for j in 0..n {
             let yv: [V; G] = load_group(&self.y[j * w + c0..][..G * LANES]);

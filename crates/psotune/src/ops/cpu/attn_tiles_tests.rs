@@ -112,16 +112,15 @@ fn all_f32<V: Lanes<f32>>(a: &[f32], p: &[f32], y: &[f32]) -> [Vec<f32>; 5] {
     [s, o, t, e, ds]
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn all_avx512(a: &[f32], p: &[f32], y: &[f32]) -> [Vec<f32>; 5] {
-    all_f32::<crate::ops::cpu::lanes::Avx512>(a, p, y)
-}
+/// [`all_f32`] as a kernel of every SIMD path.
+struct All<'a>(&'a [f32], &'a [f32], &'a [f32]);
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn all_avx2(a: &[f32], p: &[f32], y: &[f32]) -> [Vec<f32>; 5] {
-    all_f32::<crate::ops::cpu::lanes::Avx2>(a, p, y)
+impl crate::ops::cpu::simd::Kernel for All<'_> {
+    type Output = [Vec<f32>; 5];
+    #[inline(always)]
+    fn run<I: crate::ops::cpu::simd::Isa>(self) -> [Vec<f32>; 5] {
+        all_f32::<I::F32>(self.0, self.1, self.2)
+    }
 }
 
 #[test]
@@ -136,17 +135,18 @@ fn vector_builds_agree_with_plain_lanes() {
             }
         }
     };
-    #[cfg(target_arch = "x86_64")]
-    {
-        let fma = std::arch::is_x86_feature_detected!("fma");
-        if fma && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the features were just detected.
-            agree(unsafe { all_avx512(&a, &p, &y) }, "avx512");
-        }
-        if fma && std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the features were just detected.
-            agree(unsafe { all_avx2(&a, &p, &y) }, "avx2");
-        }
+    use crate::ops::cpu::simd::{Path, Simd};
+    let mut vector = Vec::new();
+    for path in Path::supported() {
+        let got = Simd::new(path).unwrap().run(All(&a, &p, &y));
+        agree(got.clone(), path.name());
+        vector.push((path, got));
+    }
+    // The AVX2 and AVX-512 builds do the same operations per lane (FMA,
+    // the same exp and the same pairing in the lane sums): bit for bit.
+    let avx: Vec<_> = vector.iter().filter(|(path, _)| *path != Path::Portable).collect();
+    if let [(_, x), (_, y)] = avx.as_slice() {
+        assert_eq!(x, y, "avx512 and avx2 builds differ");
     }
     // The plain build against the formulas: exp of the shifted scores with
     // zeros past 77 keys, their sum, the max, then p (ds - p.ds) scale.

@@ -251,35 +251,50 @@ mod x86 {
         }
         #[inline(always)]
         fn sum(self) -> f32 {
-            let mut a = [0f32; WIDTH];
-            self.store(&mut a);
-            a.iter().sum()
+            // SAFETY: as above.
+            unsafe { hsum8(_mm256_add_ps(self.0, self.1)) }
         }
         #[inline(always)]
         fn hmax(self) -> f32 {
-            let mut a = [0f32; WIDTH];
-            self.store(&mut a);
-            a.iter().fold(a[0], |m, &v| m.max(v))
+            // SAFETY: as above.
+            unsafe {
+                let m = _mm256_max_ps(self.0, self.1);
+                let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+                let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+                _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m)))
+            }
         }
         #[inline(always)]
         fn exp(self) -> Self {
-            // SAFETY: as above; as Avx512::exp, with 2^n built in the
-            // exponent bits (n is in [-126, 0] for x in [-87, 0]).
-            unsafe {
-                let half = |x: __m256| {
-                    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-                    let n = _mm256_round_ps::<0x08>(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)));
-                    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x));
-                    let mut p = _mm256_set1_ps(P[0]);
-                    for &c in &P[1..] {
-                        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-                    }
-                    let y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-                    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
-                    _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
-                };
-                Avx2(half(self.0), half(self.1))
-            }
+            // SAFETY: as above.
+            unsafe { Avx2(exp8(self.0), exp8(self.1)) }
         }
+    }
+
+    /// The sum of 8 lanes (as `_mm512_reduce_add_ps` pairs them: halves,
+    /// then quarters, then the last two).
+    #[inline(always)]
+    unsafe fn hsum8(x: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps::<1>(x));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s)))
+    }
+
+    /// exp of 8 lanes, as `Avx512::exp` with 2^n built in the exponent bits
+    /// (n is in [-126, 0] for x in [-87, 0]). A named `inline(always)`
+    /// function, not a closure: a closure does not take the caller's target
+    /// features, so its intrinsics became calls (issue 16).
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps::<0x08>(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x));
+        let mut p = _mm256_set1_ps(P[0]);
+        for &c in &P[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(bits))
     }
 }

@@ -8,6 +8,7 @@ pub mod im2col;
 pub mod real;
 pub mod reduce;
 pub mod exp_poly;
+pub mod simd;
 
 use std::sync::Mutex;
 

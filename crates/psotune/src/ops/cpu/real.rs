@@ -22,7 +22,11 @@ pub trait Real: WithDType {
     fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
 }
 
+// Everything here is `inline(always)`: the kernels call these inside the
+// SIMD builds of `simd`, and a call that is not inlined runs without the
+// build's features.
 impl Real for f32 {
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
@@ -34,11 +38,13 @@ impl Real for f32 {
         candle_core::cpu::erf::erf_f32(self)
     }
     /// Vectorised, without libm (`erf_fast`): within 2e-6 of libm.
+    #[inline(always)]
     fn geglu_row(y: &mut [Self], h: &[Self], a: &[Self]) {
-        super::erf_fast::geglu_row_f32(y, h, a)
+        super::erf_fast::geglu_row(y, h, a)
     }
+    #[inline(always)]
     fn geglu_grad_row(dh: &mut [Self], da: &mut [Self], h: &[Self], a: &[Self], g: &[Self]) {
-        super::erf_fast::geglu_grad_row_f32(dh, da, h, a, g)
+        super::erf_fast::geglu_grad_row(dh, da, h, a, g)
     }
     fn storage_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
@@ -51,9 +57,11 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f64::sqrt(self)
     }
+    #[inline(always)]
     fn exp_lane(self) -> Self {
         f64::exp(self)
     }
@@ -62,11 +70,13 @@ impl Real for f64 {
     }
     /// f64 (gradient checks) keeps libm's erf and exp, candle's GELU
     /// expression: exactness over speed.
+    #[inline(always)]
     fn geglu_row(y: &mut [Self], h: &[Self], a: &[Self]) {
         for ((o, &hv), &av) in y.iter_mut().zip(h).zip(a) {
             *o = hv * ((Real::erf(av * Self::FRAC_1_SQRT_2) + 1.0) * 0.5 * av);
         }
     }
+    #[inline(always)]
     fn geglu_grad_row(dh: &mut [Self], da: &mut [Self], h: &[Self], a: &[Self], g: &[Self]) {
         for i in 0..a.len() {
             let cdf = (Real::erf(a[i] * Self::FRAC_1_SQRT_2) + 1.0) * 0.5;

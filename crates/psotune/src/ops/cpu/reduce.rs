@@ -4,7 +4,9 @@ use candle_core::WithDType;
 
 /// Sum of `f` over the elements, in 8 independent lanes of `T` (so the
 /// compiler can vectorise) flushed to f64 every 1024 elements (so long
-/// blocks lose no precision).
+/// blocks lose no precision). `inline(always)`: the norms call it inside
+/// their SIMD builds.
+#[inline(always)]
 pub fn lane_sum<T: WithDType>(xs: &[T], f: impl Fn(T) -> T) -> f64 {
     let mut total = 0f64;
     for chunk in xs.chunks(1024) {

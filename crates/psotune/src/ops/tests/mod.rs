@@ -5,6 +5,7 @@ mod activation;
 mod attention;
 mod fused;
 mod norm;
+mod simd_paths;
 mod softmax;
 #[rustfmt::skip]
 mod torch_ref;
