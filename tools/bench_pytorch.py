@@ -18,6 +18,7 @@ Threads: --threads (default 2) sets torch.set_num_threads.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -249,6 +250,7 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make-models")
     m.add_argument("out", type=Path)
+    sub.add_parser("describe", help="print torch's CPU capability and exit")
     gm = sub.add_parser("gemm")
     gm.add_argument("--n", type=int, default=2048)
     gm.add_argument("--reps", type=int, default=10)
@@ -267,8 +269,14 @@ def main() -> None:
             w.add_argument("--sample-steps", type=int, default=4)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    # Where it was measured: ATen's vector kernels (ATEN_CPU_CAPABILITY
+    # caps them) and the MKL / oneDNN caps bench/compare --simd sets.
+    caps = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
+    print(f"torch {torch.__version__}: cpu capability {torch.backends.cpu.get_cpu_capability()}, caps {caps or 'none'}")
     if args.cmd == "make-models":
         make_models(args.out)
+    elif args.cmd == "describe":
+        pass
     elif args.cmd == "gemm":
         gemm(args.n, args.reps)
     elif args.cmd == "train":

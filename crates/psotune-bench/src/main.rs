@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Print the CPU, its flags and the SIMD paths in use, and exit.
+    Describe,
     /// Time an n^3 f32 matrix product (the machine's matmul peak).
     Gemm {
         #[arg(long, default_value_t = 2048)]
@@ -100,6 +102,8 @@ pub(crate) fn peak_rss_mb() -> f64 {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        // main has printed it.
+        Cmd::Describe => {}
         Cmd::Gemm { n, reps } => {
             let t = workloads::gemm(n, reps)?;
             let ms = t.median();

@@ -28,6 +28,8 @@ pub struct DemoArgs {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     let opts = DemoOptions { model: a.model, data: a.data, out: a.out.clone(), steps: a.steps, eval_prompts: a.eval_prompts };
+    // Times depend on it: say where this runs (PSOTUNE_SIMD picks the path).
+    eprintln!("{}", psotune::simd::describe());
     let s = demo::run(&opts, |line| eprintln!("{line}")).with_context(|| format!("demo in {}", a.out.display()))?;
     for r in &s.rows {
         let noto = r.measures.style_scores.get("noto").copied().unwrap_or(f64::NAN);

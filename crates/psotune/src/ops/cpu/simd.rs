@@ -335,9 +335,29 @@ pub fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// One line for benchmark output: model, flags, the path in use.
+/// The path of the matrix products (the gemm crate picks its own kernel:
+/// AVX-512 where the CPU has it and psotune was built with the
+/// `avx512-gemm` feature, else AVX2 + FMA where the CPU has those).
+pub fn gemm_path() -> Path {
+    let avx512 = cfg!(feature = "avx512-gemm") && Path::Avx512.is_supported();
+    if avx512 {
+        Path::Avx512
+    } else if Path::Avx2.is_supported() {
+        Path::Avx2
+    } else {
+        Path::Portable
+    }
+}
+
+/// One line for benchmark output: model, flags, the paths in use.
 pub fn describe() -> String {
-    format!("cpu: {} | flags: {} | simd path: {}", cpu_model(), cpu_flags().join(" "), Simd::active().path())
+    format!(
+        "cpu: {} | flags: {} | simd path: {} | gemm: {}",
+        cpu_model(),
+        cpu_flags().join(" "),
+        Simd::active().path(),
+        gemm_path()
+    )
 }
 
 #[cfg(test)]
