@@ -63,7 +63,7 @@ pub fn attention_heads_with_limit(q: &Tensor, k: &Tensor, v: &Tensor, heads: usi
         return composed(q, k, v, &g, scale, max_elems);
     }
     let rows = chunk_rows(&g, max_elems);
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows, stats: Mutex::new(None), simd: kernels::active() })
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, HeadsOp { g, scale, rows, stats: Mutex::new(None), simd: Simd::active() })
 }
 
 /// Split heads, [`attention_with_limit`], merge heads (diffusers' layout
@@ -332,7 +332,7 @@ impl HeadsOp {
 mod kernels {
     use super::{HeadGrads, HeadOut, HeadsOp, Real, Task};
     use crate::ops::cpu::lanes::Plain;
-    use crate::ops::cpu::simd::{Isa, Kernel, Simd};
+    use crate::ops::cpu::simd::{Isa, Kernel};
 
     /// The f32 / f64 entry points of the tasks.
     pub trait Kernels: Real {
@@ -391,11 +391,6 @@ mod kernels {
         fn backward(op: &HeadsOp, q: &[f32], k: &[f32], v: &[f32], go: &[f32], lse: &[f32], t: Task) -> HeadGrads<f32> {
             op.simd.run(Backward { op, q, k, v, go, lse, t })
         }
-    }
-
-    /// The path a new op runs (read on the calling thread).
-    pub fn active() -> Simd {
-        Simd::active()
     }
 }
 

@@ -158,10 +158,11 @@ impl Simd {
     }
 
     /// Runs a closure in the build of this path, for kernels that are plain
-    /// loops the compiler vectorises (norms, GEGLU, AdamW, im2col). The
-    /// closure has one call site, so it is inlined into the feature-enabled
-    /// function; what it calls must be `#[inline(always)]` (or small enough
-    /// to be inlined), which `tools/check_simd_inlining.sh` verifies.
+    /// loops the compiler vectorises (norms, GEGLU, AdamW, im2col). Mark the
+    /// closure `#[inline(always)]` at the call: with one call site alone,
+    /// large closures (layer norm's backward, the bias sums) stayed out of
+    /// line and ran without the features. What it calls must be
+    /// `#[inline(always)]` too; `tools/check_simd_inlining.sh` verifies both.
     #[inline]
     pub fn vectorize<R, F: FnOnce() -> R>(self, f: F) -> R {
         self.run(Loops(f))
