@@ -16,12 +16,19 @@ cd "$ROOT"
 PSOTUNE="${PSOTUNE:-target/release/psotune}"
 [[ -x "$PSOTUNE" ]] || cargo build --release -p psotune-cli
 runs=()
-for kind in pso-hinge sft; do
-  dir="runs/concept-$kind"
+# name, then the --set overrides of examples/concept.toml. pso-hinge-t750 is
+# the authors' concept trainer's timesteps (750/500/250/0) instead of the
+# model's own (999/749/499/249).
+for spec in "pso-hinge objective.kind=pso-hinge" "sft objective.kind=sft" \
+            "pso-hinge-t750 objective.kind=pso-hinge objective.timesteps=[750,500,250,0]"; do
+  read -r name sets <<<"$spec"
+  dir="runs/concept-$name"
   if [[ -f "$dir/config.toml" ]]; then
     "$PSOTUNE" tune --resume "$dir"
   else
-    "$PSOTUNE" tune examples/concept.toml --set objective.kind="$kind" --out "$dir"
+    args=()
+    for s in $sets; do args+=(--set "$s"); done
+    "$PSOTUNE" tune examples/concept.toml "${args[@]}" --out "$dir"
   fi
   runs+=(--run "$dir")
 done

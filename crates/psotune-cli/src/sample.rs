@@ -28,7 +28,9 @@ pub struct SampleArgs {
     /// Explicit timesteps, comma-separated and decreasing, e.g. 999,749,499,249.
     #[arg(long, value_delimiter = ',')]
     timesteps: Option<Vec<usize>>,
-    /// Classifier-free guidance scale (0 or 1: none, as distilled models use).
+    /// Guidance scale: classifier-free (0 or 1: none, as distilled models
+    /// use), or for an LCM UNet with a guidance embedding the scale it is
+    /// given (default 8.5, as diffusers' LCM pipeline).
     #[arg(long)]
     guidance: Option<f64>,
     /// Random seed of the initial noise and of every stochastic step.

@@ -189,3 +189,31 @@ fn online_trains_on_re_noise_samplers_and_checks_its_chain() {
     let (ok, _, err) = psotune(&["tune", &cfg, "--print-config"], None);
     assert!(!ok && err.contains("[reward]"), "{err}");
 }
+
+/// D3PO, the paper's online baseline: the same loss with the ratio against
+/// the policy that sampled the chains. At step 1 (fresh adapters: policy =
+/// frozen model) it is online PSO exactly; after that its ratios stay 1 (the
+/// loss log 2, the margin 0) where PSO's move away from the frozen model.
+/// It needs no frozen model, so full fine-tuning may use it.
+#[test]
+fn d3po_takes_the_ratio_against_the_sampling_policy() {
+    let dir = tmp("d3po");
+    let cfg = write(&dir.join("online.toml"), &config(&dir, "kind = \"colourfulness\"", ""));
+    let (pso, d3po) = (dir.join("pso"), dir.join("d3po"));
+    for (run, kind) in [(&pso, "pso"), (&d3po, "d3po")] {
+        let (ok, _, err) = psotune(&["tune", &cfg, "--out", run.to_str().unwrap(), "--set", &format!("objective.kind={kind}"), "--set", "optim.max-steps=2"], None);
+        assert!(ok, "{kind}: {err}");
+    }
+    let (mp, md) = (metrics(&pso), metrics(&d3po));
+    assert_eq!(mp[0], md[0], "step 1: the sampling policy is the frozen model");
+    for v in &md {
+        assert!((v["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{v}");
+        assert_eq!(v["margin"].as_f64(), Some(0.0), "{v}");
+    }
+    assert!(mp[1]["margin"].as_f64().unwrap() != 0.0, "{}", mp[1]);
+    let full = dir.join("full");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", full.to_str().unwrap(), "--set", "objective.kind=d3po", "--set", "lora.full=[\"conv_out\"]", "--set", "optim.max-steps=1"], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("full-pso").to_str().unwrap(), "--set", "lora.full=[\"conv_out\"]", "--set", "optim.max-steps=1"], None);
+    assert!(!ok && err.contains("d3po"), "{err}");
+}

@@ -359,7 +359,68 @@ fn one_step_transfer_term_is_zero_at_the_start_and_resumes_bit_exactly() {
     let b = std::fs::read(killed.join("checkpoints/step-000003/weights.safetensors")).unwrap();
     assert!(a == b, "resumed weights differ");
 
+    // Regression (review defect 2): the term is part of each micro-batch's
+    // loss, not one more micro-batch. At step 1 its gradient is exactly 0,
+    // so the gradient (and its norm) equals a run without the term; it
+    // used to be half of it.
+    let plain = dir.join("plain");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", plain.to_str().unwrap(), "--set", "objective.one-step-transfer=0", "--set", "optim.max-steps=1"]);
+    assert!(ok, "{err}");
+    assert_eq!(metrics(&plain)[0]["grad_norm"], m[0]["grad_norm"], "{:?} vs {:?}", metrics(&plain)[0], m[0]);
+
     // Full tuning has no frozen model to transfer from.
     let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("full").to_str().unwrap(), "--set", "lora.full=[\"conv_out\"]", "--set", "objective.kind=sft"]);
     assert!(!ok && err.contains("one-step-transfer"), "{err}");
+}
+
+/// Regression (review defect 3): a run started from a LoRA file compares
+/// with the model it starts from (the file's LoRA included), so its first
+/// PSO loss is exactly log 2 as for fresh adapters; with the file's LoRA
+/// left out of the frozen model it was not.
+#[test]
+fn init_from_lora_file_anchors_the_frozen_model_at_the_start() {
+    let dir = tmp("init-from");
+    let data = style_section(&style_data(&dir));
+    let sft = write(&dir.join("sft.toml"), &config("sd21-tiny", "sft", &data, 2));
+    let first = dir.join("first");
+    let (ok, _, err) = psotune(&["tune", &sft, "--out", first.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let file = dir.join("start.safetensors");
+    let (ok, _, err) = psotune(&["export", first.to_str().unwrap(), "--format", "diffusers", "--out", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let text = config("sd21-tiny", "pso", &data, 2).replace("[lora]\n", &format!("[lora]\ninit-from = {file:?}\n"));
+    let cfg = write(&dir.join("pso.toml"), &text);
+    let run = dir.join("run");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let m = metrics(&run);
+    assert!((m[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{:?}", m[0]);
+    assert_eq!(m[0]["margin"].as_f64(), Some(0.0), "{:?}", m[0]);
+    assert!(m[0]["grad_norm"].as_f64().unwrap() > 0.0);
+    // The file's LoRA took part: the first gradient differs from a fresh start's.
+    let fresh = dir.join("fresh");
+    let (ok, _, err) = psotune(&["tune", &write(&dir.join("fresh.toml"), &config("sd21-tiny", "pso", &data, 1)), "--out", fresh.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_ne!(metrics(&fresh)[0]["grad_norm"], m[0]["grad_norm"]);
+}
+
+/// Regression (review defect 4): an LCM UNet with a guidance embedding
+/// trains with it. `model.guidance` reaches the training predictions (the
+/// first gradient changes with it), and the first PSO loss is log 2.
+#[test]
+fn lcm_guidance_embedding_reaches_training() {
+    let dir = tmp("lcm");
+    let cfg = write(&dir.join("lcm.toml"), &config("lcm-tiny", "pso", &style_section(&style_data(&dir)), 1));
+    let mut norms = Vec::new();
+    for g in ["8.5", "2.0"] {
+        let run = dir.join(format!("g{g}"));
+        let (ok, _, err) = psotune(&["tune", &cfg, "--out", run.to_str().unwrap(), "--set", &format!("model.guidance={g}")]);
+        assert!(ok, "{err}");
+        let m = metrics(&run);
+        assert!((m[0]["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6, "{:?}", m[0]);
+        norms.push(m[0]["grad_norm"].clone());
+    }
+    assert_ne!(norms[0], norms[1], "the guidance scale must reach the UNet in training");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("bad").to_str().unwrap(), "--set", "model.guidance=-1"]);
+    assert!(!ok && err.contains("model.guidance"), "{err}");
 }

@@ -55,7 +55,7 @@ fn sample(pipes: [&Pipeline; 2], on: &[bool], prompts: &[String]) -> Result<Tens
             let pipe = pipes[tuned as usize];
             let xin = sampler.scale_model_input(&x, i)?.to_dtype(pipe.dtype)?;
             let t = Tensor::full(sampler.timesteps()[i] as f32, chunk.len(), &base.device)?;
-            let eps = pipe.predict(&xin, &t, &cond, None)?.to_dtype(DType::F32)?;
+            let eps = pipe.predict(&xin, &t, &cond, None, pipe.defaults.guidance)?.to_dtype(DType::F32)?;
             let noise = if sampler.needs_noise(i) { Some(rng.randn(x.shape(), DType::F32, &base.device)?) } else { None };
             x = sampler.step(i, &x, &eps, noise.as_ref())?.prev.detach();
         }

@@ -187,3 +187,86 @@ fn first_step_x0_is_the_one_step_sample() {
         assert!(rel_err(&chain.latents, &one.latents) > 1e-3, "{kind:?}: the 4-step chain went further");
     }
 }
+
+/// Regression (review defect 4): a UNet with a guidance embedding
+/// (`time_cond_proj_dim`, the full LCM UNets) gets `timestep_cond`, the
+/// embedding of guidance - 1, as diffusers' LatentConsistencyModelPipeline
+/// passes it, and no classifier-free second pass. Goldens from
+/// tools/make_lcm_fixture.py.
+fn lcm_case(case: &str, guidance: Option<f64>) {
+    let pipe = Pipeline::load(&fixtures().join("lcm-tiny"), &LoadOptions::default()).unwrap();
+    assert!(pipe.embeds_guidance());
+    let g = golden("lcm-tiny");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden/lcm-tiny.json")).unwrap()).unwrap();
+    let c = &meta["cases"][case];
+    let noise: Vec<Tensor> = (0..4).filter_map(|i| g.get(&format!("sample.{case}.noise.{i}")).cloned()).collect();
+    assert_eq!(noise.len() as u64, c["noise_draws"].as_u64().unwrap());
+    let req = SampleRequest {
+        prompts: vec![c["prompt"].as_str().unwrap().to_string()],
+        guidance,
+        init_latents: Some(g["sample.init_latents"].clone()),
+        step_noise: Some(noise),
+        ..Default::default()
+    };
+    let out = pipe.sample(&req).unwrap();
+    assert_eq!((out.sampler, out.guidance), (SamplerKind::Lcm, c["guidance_scale"].as_f64().unwrap()));
+    let want_ts: Vec<f32> = g[&format!("sample.{case}.timesteps")].to_vec1().unwrap();
+    assert_eq!(out.timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), want_ts);
+    let e = rel_err(&out.latents, &g[&format!("sample.{case}.latents")]);
+    assert!(e < 1e-4, "lcm-tiny/{case}: latents differ by {e} (relative)");
+    let e = rel_err(&out.images, &g[&format!("sample.{case}.image")]);
+    assert!(e < 1e-4, "lcm-tiny/{case}: image differs by {e}");
+}
+
+#[test]
+fn lcm_guidance_embedding_4_steps_at_the_default_guidance() {
+    // No guidance asked for: diffusers' LCM pipeline default, 8.5.
+    lcm_case("g8.5", None);
+}
+
+#[test]
+fn lcm_guidance_embedding_4_steps_at_guidance_2() {
+    lcm_case("g2", Some(2.0));
+}
+
+#[test]
+fn lcm_unet_takes_the_guidance_embedding() {
+    let pipe = Pipeline::load(&fixtures().join("lcm-tiny"), &LoadOptions::default()).unwrap();
+    let g = golden("lcm-tiny");
+    let prompts: Vec<String> = serde_json::from_str(&std::fs::read_to_string(fixtures().join("golden/prompts.json")).unwrap()).unwrap();
+    let e = pipe.encode_prompts(&prompts.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let w: Vec<f32> = g["unet.w"].to_vec1().unwrap();
+    let cond = psotune::models::unet::guidance_scale_embedding(&w, 8, &Device::Cpu).unwrap();
+    let out = pipe.unet.forward_with_cond(&g["unet.sample"], &g["unet.timesteps"], &e.hidden, None, Some(&cond)).unwrap();
+    assert!(rel_err(&out, &g["unet.out"]) < 1e-5);
+    // Without the embedding the output is another one.
+    let bare = pipe.unet.forward(&g["unet.sample"], &g["unet.timesteps"], &e.hidden, None).unwrap();
+    assert!(rel_err(&bare, &g["unet.out"]) > 1e-3);
+}
+
+/// Regression (review defect 5): a VAE whose config says `force_upcast`
+/// (diffusers' default, and the SDXL VAE's: it overflows in f16) computes
+/// in f32 inside a half-precision pipeline, taking and giving f16; one
+/// that says `false` stays in f16.
+#[test]
+fn force_upcast_vae_decodes_in_f32_in_an_f16_pipeline() {
+    let src = fixtures().join("sd21-tiny");
+    let f16 = LoadOptions { dtype: DType::F16, ..Default::default() };
+    let pipe = Pipeline::load(&src, &f16).unwrap();
+    assert_eq!(pipe.vae.dtype(), DType::F32);
+    let g = golden("sd21-tiny");
+    let z = g["vae.decode_in"].to_dtype(DType::F16).unwrap();
+    let out = pipe.vae.decode(&z).unwrap();
+    assert_eq!(out.dtype(), DType::F16);
+    // The f32 VAE's result, rounded once to f16.
+    let want = Pipeline::load(&src, &LoadOptions::default()).unwrap().vae.decode(&z.to_dtype(DType::F32).unwrap()).unwrap();
+    assert_eq!(out.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
+
+    let dst = psotune::scratch::ScratchDir::new("psotune-no-upcast").unwrap();
+    copy_dir(&src, &dst);
+    let cfg_path = dst.join("vae/config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["force_upcast"] = serde_json::Value::Bool(false);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    assert_eq!(Pipeline::load(&dst, &f16).unwrap().vae.dtype(), DType::F16);
+}

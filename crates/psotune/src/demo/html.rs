@@ -14,6 +14,8 @@ pub struct PageInputs<'a> {
     pub comparison: &'a Comparison,
     pub steps: u64,
     pub seconds: f64,
+    /// What was trained ([`super::method_line`]).
+    pub method: &'a str,
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222;line-height:1.45}\
@@ -45,8 +47,8 @@ pub fn page(p: &PageInputs) -> Result<String> {
     h.push_str(&format!(
         "<p>The built-in model was tuned for {} steps ({:.0} s on this machine) with Pairwise Sample Optimization: \
 each Noto emoji is the preferred image and the model's own sample for the same caption the rejected one, \
-so the model moves towards Noto relative to itself and keeps its few-step sampling.</p>",
-        p.steps, p.seconds
+so the model moves towards Noto relative to itself and keeps its few-step sampling. Trained: {}.</p>",
+        p.steps, p.seconds, super::chart::escape(p.method)
     ));
     if let (Some(b), Some(t)) = (find(c, "base", 4), c.rows.iter().find(|r| r.label != "base" && r.steps == 4)) {
         let noto = |r: &crate::eval::CompareRow| r.measures.style_scores.get("noto").copied().unwrap_or(f64::NAN);

@@ -49,6 +49,22 @@ fn toml_str(p: &Path) -> String {
     toml::Value::String(p.to_string_lossy().into_owned()).to_string()
 }
 
+/// What the run trains, said plainly: which parts are the paper's PSO and
+/// which are psotune's own (the one-step transfer term).
+pub fn method_line(cfg: &RunConfig) -> String {
+    let o = &cfg.objective;
+    let ts = match &o.timesteps {
+        Some(t) => format!(" at t = {}", t.iter().map(|t| t.to_string()).collect::<Vec<_>>().join("/")),
+        None => " at the model's own timesteps".to_string(),
+    };
+    let beta = o.beta.unwrap_or(o.kind.default_beta());
+    let mut line = format!("{} (beta {beta}){ts}", if o.kind == crate::objectives::ObjectiveKind::Pso { "PSO, the paper's loss".to_string() } else { o.kind.to_string() });
+    if o.one_step_transfer > 0.0 {
+        line += &format!(", plus psotune's one-step transfer term (weight {}; not in the paper)", o.one_step_transfer);
+    }
+    line
+}
+
 pub fn run(o: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoSummary> {
     if o.steps == 0 {
         return Err(Error::invalid("demo: --steps must be at least 1"));
@@ -64,7 +80,8 @@ pub fn run(o: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoSummary> {
     let cfg = RunConfig::from_toml(DEMO_CONFIG, Path::new("examples/style.toml"), &sets)?;
     let run_dir = o.out.join("run");
     let resume = run_dir.join(CONFIG_FILE).is_file();
-    log(&format!("1/3 tuning {} towards the Noto style with PSO ({} steps) in {}", o.model.display(), o.steps, run_dir.display()));
+    let method = method_line(&cfg);
+    log(&format!("1/3 tuning {} towards the Noto style: {method} ({} steps) in {}", o.model.display(), o.steps, run_dir.display()));
     let summary = tune::run(&cfg, &run_dir, resume)?;
 
     let lora_diffusers = export_run(&run_dir, ExportFormat::Diffusers, &o.out.join("pytorch_lora_weights.safetensors"), None)?;
@@ -91,7 +108,7 @@ pub fn run(o: &DemoOptions, mut log: impl FnMut(&str)) -> Result<DemoSummary> {
 
     log("3/3 writing the report");
     let report = o.out.join("report.html");
-    let page = html::page(&html::PageInputs { run_dir: &run_dir, out: &o.out, comparison: &comparison, steps: summary.steps, seconds: summary.seconds })?;
+    let page = html::page(&html::PageInputs { run_dir: &run_dir, out: &o.out, comparison: &comparison, steps: summary.steps, seconds: summary.seconds, method: &method })?;
     std::fs::write(&report, page).map_err(|e| Error::io(&report, e))?;
     Ok(DemoSummary { report, lora_diffusers, lora_kohya, rows: comparison.rows })
 }

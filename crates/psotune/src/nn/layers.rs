@@ -58,10 +58,11 @@ impl Module for Linear {
             None => y,
         };
         // Switched off, the adapter is skipped entirely: the output is the
-        // base layer's bit for bit (the PSO reference forward).
-        match &self.lora {
-            Some(l) if l.is_active() => y + l.linear_delta(x)?,
-            _ => Ok(y),
+        // base layer's bit for bit (the PSO reference forward), unless the
+        // run anchored its starting LoRA into the frozen model.
+        match self.lora.as_ref().map(|l| l.linear_delta(x)).transpose()?.flatten() {
+            Some(d) => y + d,
+            None => Ok(y),
         }
     }
 }
@@ -127,9 +128,9 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = ConvKernel::forward(self, x)?;
         // Switched off, the adapter is skipped entirely (bit-exact base).
-        match &self.lora {
-            Some(l) if l.is_active() => y + l.conv_delta(x, self.stride, self.padding)?,
-            _ => Ok(y),
+        match self.lora.as_ref().map(|l| l.conv_delta(x, self.stride, self.padding)).transpose()?.flatten() {
+            Some(d) => y + d,
+            None => Ok(y),
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct Lora {
     pub lora_b: Var,
     pub alpha: f64,
     pub switch: LoraSwitch,
+    /// Frozen copies of the factors the run started from, used instead of
+    /// nothing while the switch is off (see [`Lora::anchor_here`]).
+    pub anchor: Option<(Tensor, Tensor)>,
 }
 
 impl Lora {
@@ -100,7 +103,18 @@ impl Lora {
         if ra != rb || ra == 0 || lora_a.rank() != lora_b.rank() {
             candle_core::bail!("lora_A {:?} and lora_B {:?} do not make a rank-r pair", lora_a.dims(), lora_b.dims());
         }
-        Ok(Self { lora_a, lora_b, alpha, switch })
+        Ok(Self { lora_a, lora_b, alpha, switch, anchor: None })
+    }
+
+    /// Make the adapter's present values part of the frozen model: with the
+    /// switch off it then adds `scale * B0(A0(x))` from copies taken now,
+    /// not nothing. Why: a run that starts from a LoRA file (`init-from`)
+    /// must compare with the model it starts from (pso.md's p_pre), not
+    /// with the base without that LoRA (for an LCM-LoRA start, the
+    /// non-distilled teacher).
+    pub fn anchor_here(&mut self) -> Result<()> {
+        self.anchor = Some((self.lora_a.as_tensor().copy()?.detach(), self.lora_b.as_tensor().copy()?.detach()));
+        Ok(())
     }
 
     pub fn rank(&self) -> usize {
@@ -121,16 +135,31 @@ impl Lora {
         self.switch.enabled()
     }
 
-    /// `scale * B(A(x))` for a Linear's input `x` [..., in].
-    pub fn linear_delta(&self, x: &Tensor) -> Result<Tensor> {
-        let h = matmul_last(x, self.lora_a.as_tensor())?;
-        matmul_last(&h, self.lora_b.as_tensor())? * self.effective_scale()
+    /// The factors the layer adds now: the trained ones with the switch
+    /// on, the anchor (or none) with it off.
+    fn factors(&self) -> Option<(&Tensor, &Tensor)> {
+        if self.is_active() {
+            Some((self.lora_a.as_tensor(), self.lora_b.as_tensor()))
+        } else {
+            self.anchor.as_ref().map(|(a, b)| (a, b))
+        }
     }
 
-    /// `scale * B(A(x))` for a Conv2d's input `x` [B, C, H, W].
-    pub fn conv_delta(&self, x: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-        let h = Conv2d::new(self.lora_a.as_tensor().clone(), None, stride, padding).forward(x)?;
-        Conv2d::new(self.lora_b.as_tensor().clone(), None, 1, 0).forward(&h)? * self.effective_scale()
+    /// `scale * B(A(x))` for a Linear's input `x` [..., in]; None when the
+    /// switch is off and there is no anchor (the layer is then the base's
+    /// bit for bit).
+    pub fn linear_delta(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let Some((a, b)) = self.factors() else { return Ok(None) };
+        let h = matmul_last(x, a)?;
+        Ok(Some((matmul_last(&h, b)? * self.effective_scale())?))
+    }
+
+    /// `scale * B(A(x))` for a Conv2d's input `x` [B, C, H, W]; None as
+    /// [`Self::linear_delta`].
+    pub fn conv_delta(&self, x: &Tensor, stride: usize, padding: usize) -> Result<Option<Tensor>> {
+        let Some((a, b)) = self.factors() else { return Ok(None) };
+        let h = Conv2d::new(a.clone(), None, stride, padding).forward(x)?;
+        Ok(Some((Conv2d::new(b.clone(), None, 1, 0).forward(&h)? * self.effective_scale())?))
     }
 
     /// The adapter's tensors, detached, for export.
@@ -382,6 +411,13 @@ fn set_lora(layer: &mut LayerMut<'_>, lora: Option<Lora>) -> Option<Lora> {
     }
 }
 
+fn lora_mut<'a>(layer: &'a mut LayerMut<'_>) -> Option<&'a mut Lora> {
+    match layer {
+        LayerMut::Linear(l) => l.lora.as_mut(),
+        LayerMut::Conv2d(c) => c.lora.as_mut(),
+    }
+}
+
 fn has_lora(layer: &LayerMut<'_>) -> bool {
     match layer {
         LayerMut::Linear(l) => l.lora.is_some(),
@@ -490,6 +526,21 @@ pub fn merge_lora(model: &mut dyn Modules) -> Result<usize> {
             LayerMut::Conv2d(c) => c.weight = merged,
         }
         n += 1;
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// [`Lora::anchor_here`] on every adapter of `model`: with the switch off
+/// the model is then the model as it is now, adapters included. Returns
+/// how many adapters were anchored.
+pub fn anchor_lora(model: &mut dyn Modules) -> Result<usize> {
+    let mut n = 0;
+    model.visit_mut("", &mut |_, mut layer| {
+        if let Some(l) = lora_mut(&mut layer) {
+            l.anchor_here()?;
+            n += 1;
+        }
         Ok(())
     })?;
     Ok(n)

@@ -153,3 +153,26 @@ fn full_finetuning_makes_chosen_weights_vars() {
     assert!(grads.get(&unet.conv_in.weight).is_none(), "frozen weights get no gradient");
     let _ = Var::from_tensor(&unet.conv_in.weight).unwrap();
 }
+
+/// Regression (review defect 3): a run started from a LoRA file compares
+/// with the model it starts from. Anchored adapters switched off keep the
+/// values they had when anchored, whatever training does to them after.
+#[test]
+fn anchored_adapters_switched_off_are_the_starting_model() {
+    let base = tiny_unet(false, false);
+    let mut unet = base.clone();
+    let lora = apply_lora(&mut unet, &LoraConfig::new(2, 3.0, LoraTargets::preset(TargetPreset::All))).unwrap();
+    randomize_b(&lora, 11);
+    let start = run(&unet);
+    assert_eq!(anchor_lora(&mut unet).unwrap(), lora.len());
+    // Switched on and off, the anchored model is the starting model bit for bit.
+    assert_eq!(run(&unet).flatten_all().unwrap().to_vec1::<f64>().unwrap(), start.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+    let off = lora.switch.run_disabled(|| run(&unet));
+    assert_eq!(off.flatten_all().unwrap().to_vec1::<f64>().unwrap(), start.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+    // Training moves the adapters; the frozen model stays where it started.
+    randomize_b(&lora, 12);
+    assert!(max_diff(&run(&unet), &start) > 1e-3);
+    let off = lora.switch.run_disabled(|| run(&unet));
+    assert_eq!(off.flatten_all().unwrap().to_vec1::<f64>().unwrap(), start.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+    assert!(max_diff(&off, &run(&base)) > 1e-3, "the anchor must not be the bare base model");
+}

@@ -19,6 +19,9 @@ pub struct LossOutput {
     pub acc: Option<f64>,
     /// Mean of the logit the loss pushes up (None without pairs).
     pub margin: Option<f64>,
+    /// Per pair, detached: (its loss, its logit), [B] each, so that a loop
+    /// can report them by timestep (None without pairs).
+    pub per_pair: Option<(Tensor, Tensor)>,
 }
 
 /// Mean squared error per sample: [B, ...] x [B, ...] -> [B].
@@ -26,11 +29,22 @@ pub fn per_sample_mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     (a - b)?.sqr()?.flatten_from(1)?.mean(1)
 }
 
-/// log(sigmoid(z)) = -softplus(-z), in the stable form
-/// -(relu(-z) + log(1 + exp(-|z|))): no overflow for large |z|.
+/// log(sigmoid(z)), stable, with a gradient of sigmoid(-z) at every z.
+/// With m = [z >= 0] (a detached 0/1 mask), z+ = m z and z- = (1 - m) z:
+/// log sigmoid(z) = z- - log(1 + exp(z- - z+)), where z- - z+ = -|z|.
+/// Why this form: the textbook -(relu(-z) + log(1 + exp(-|z|))) differentiates
+/// |z| and relu at z = 0, where every pair of a fresh LoRA's first step sits
+/// (B = 0), and candle's relu'(0) = 1 with abs'(0) = 1 gives a slope of 1.5
+/// instead of 1/2. Here the mask is a constant: at z = 0 either value of m
+/// gives 1/2, and for large |z| no two terms cancel (z - |z| would lose
+/// the slope exp(-z) to rounding).
 pub fn log_sigmoid(z: &Tensor) -> Result<Tensor> {
-    let softplus = (z.neg()?.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    softplus.neg()
+    let m = z.ge(0.0)?.to_dtype(z.dtype())?.detach();
+    // Both halves straight from z (not z- = z - z+), so each path's
+    // gradient reaches z alone and nothing cancels.
+    let z_pos = (z * &m)?;
+    let z_neg = (z * m.affine(-1.0, 1.0)?)?;
+    z_neg.clone() - ((&z_neg - &z_pos)?.exp()? + 1.0)?.log()?
 }
 
 fn mean_f64(t: &Tensor) -> Result<f64> {
@@ -50,8 +64,10 @@ fn logistic_pair(eps: &Tensor, target: &Tensor, target_frozen: &Tensor, referenc
     let d_reference = (per_sample_mse(eps, reference)? - per_sample_mse(eps, reference_frozen)?)?;
     let diff = (d_target - d_reference)?;
     let logit = diff.affine(-scale, 0.0)?;
-    let loss = log_sigmoid(&logit)?.mean_all()?.neg()?;
-    Ok(LossOutput { acc: Some(fraction_negative(&diff)?), margin: Some(mean_f64(&logit)?), loss })
+    let per = log_sigmoid(&logit)?.neg()?;
+    let loss = per.mean_all()?;
+    let per_pair = Some((per.detach(), logit.detach()));
+    Ok(LossOutput { acc: Some(fraction_negative(&diff)?), margin: Some(mean_f64(&logit)?), loss, per_pair })
 }
 
 /// PSO with forward-noised pairs (pso.md §3a):
@@ -76,14 +92,15 @@ pub fn pso_hinge(eps: &Tensor, target: &Tensor, reference: &Tensor, beta: f64) -
     let l_target = per_sample_mse(eps, target)?;
     let l_reference = per_sample_mse(eps, reference)?;
     let d = (&l_target - l_reference.affine(HINGE_REFERENCE_WEIGHT, 0.0)?)?;
-    let hinge = d.affine(beta, 1.0)?.relu()?.mean_all()?;
-    let loss = (hinge + l_reference.mean_all()?.affine(HINGE_PRIOR_WEIGHT, 0.0)?)?;
+    let per = (d.affine(beta, 1.0)?.relu()? + l_reference.affine(HINGE_PRIOR_WEIGHT, 0.0)?)?;
+    let loss = per.mean_all()?;
     let acc = fraction_negative(&(&l_target - &l_reference)?)?;
-    Ok(LossOutput { acc: Some(acc), margin: Some(-beta * mean_f64(&d)?), loss })
+    let per_pair = Some((per.detach(), d.affine(-beta, 0.0)?.detach()));
+    Ok(LossOutput { acc: Some(acc), margin: Some(-beta * mean_f64(&d)?), loss, per_pair })
 }
 
 /// The ordinary diffusion loss, mean over everything (as the diffusers
 /// training scripts' `F.mse_loss(..., reduction="mean")`).
 pub fn sft(eps: &Tensor, target: &Tensor) -> Result<LossOutput> {
-    Ok(LossOutput { loss: per_sample_mse(eps, target)?.mean_all()?, acc: None, margin: None })
+    Ok(LossOutput { loss: per_sample_mse(eps, target)?.mean_all()?, acc: None, margin: None, per_pair: None })
 }

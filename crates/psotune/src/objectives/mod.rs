@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::Prediction;
 
-pub use online::{clipped_log_ratio, pso_online};
+pub use online::{clipped_log_ratio, d3po_online, pso_online};
 pub use losses::{diffusion_dpo, log_sigmoid, per_sample_mse, pso, pso_hinge, sft, LossOutput, HINGE_PRIOR_WEIGHT, HINGE_REFERENCE_WEIGHT};
 
 /// Which loss to train with.
@@ -38,6 +38,10 @@ pub enum ObjectiveKind {
     Sft,
     /// The ordinary diffusion loss at the model's own distilled timesteps.
     SftDistilled,
+    /// D3PO, the online baseline (`data.kind = "online"` only): the online
+    /// PSO loss with the ratio against the sampling policy instead of the
+    /// frozen model.
+    D3po,
 }
 
 /// Where training timesteps come from.
@@ -50,14 +54,15 @@ pub enum TimestepRule {
 }
 
 impl ObjectiveKind {
-    pub const NAMES: [&'static str; 5] = ["pso", "pso-hinge", "diffusion-dpo", "sft", "sft-distilled"];
+    pub const NAMES: [&'static str; 6] = ["pso", "pso-hinge", "diffusion-dpo", "sft", "sft-distilled", "d3po"];
 
     /// beta when the config gives none: PSO's official 50 (pso.md §3b; the
     /// independent offline reproduction used 10), the hinge variant's 5 (§4),
-    /// Diffusion-DPO's 5000 (§3a). The SFT losses have no beta.
+    /// Diffusion-DPO's 5000 (§3a). The SFT losses have no beta. D3PO takes
+    /// online PSO's 50, so that the two differ only in the ratio's reference.
     pub fn default_beta(self) -> f64 {
         match self {
-            Self::Pso => 50.0,
+            Self::Pso | Self::D3po => 50.0,
             Self::PsoHinge => 5.0,
             Self::DiffusionDpo => 5000.0,
             Self::Sft | Self::SftDistilled => 0.0,
@@ -76,7 +81,7 @@ impl ObjectiveKind {
 
     pub fn timestep_rule(self) -> TimestepRule {
         match self {
-            Self::Pso | Self::PsoHinge | Self::SftDistilled => TimestepRule::Distilled,
+            Self::Pso | Self::PsoHinge | Self::SftDistilled | Self::D3po => TimestepRule::Distilled,
             Self::DiffusionDpo | Self::Sft => TimestepRule::Uniform,
         }
     }
@@ -84,7 +89,7 @@ impl ObjectiveKind {
 
 impl std::fmt::Display for ObjectiveKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let i = [Self::Pso, Self::PsoHinge, Self::DiffusionDpo, Self::Sft, Self::SftDistilled].iter().position(|k| k == self).unwrap_or(0);
+        let i = [Self::Pso, Self::PsoHinge, Self::DiffusionDpo, Self::Sft, Self::SftDistilled, Self::D3po].iter().position(|k| k == self).unwrap_or(0);
         f.write_str(Self::NAMES[i])
     }
 }
@@ -134,6 +139,7 @@ impl Objective {
             }
             ObjectiveKind::PsoHinge => pso_hinge(p.eps, p.target, reference()?, self.beta),
             ObjectiveKind::Sft | ObjectiveKind::SftDistilled => sft(p.eps, p.target),
+            ObjectiveKind::D3po => Err(candle_core::Error::Msg("objective d3po trains on sampled chains: use it with data.kind = \"online\"".into())),
         }
     }
 

@@ -37,12 +37,25 @@ pub fn pso_online(lp_winner: &Tensor, lp_winner_pre: &Tensor, lp_loser: &Tensor,
     let w = clipped_log_ratio(lp_winner, lp_winner_pre, clip)?;
     let l = clipped_log_ratio(lp_loser, lp_loser_pre, clip)?;
     let logit = (w - l)?.affine(beta, 0.0)?;
-    let loss = log_sigmoid(&logit)?.mean_all()?.neg()?;
+    let per = log_sigmoid(&logit)?.neg()?;
+    let loss = per.mean_all()?;
     let v = logit.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     let n = v.len().max(1) as f64;
     let acc = v.iter().filter(|x| **x > 0.0).count() as f64 / n;
     let margin = v.iter().sum::<f64>() / n;
-    Ok(LossOutput { loss, acc: Some(acc), margin: Some(margin) })
+    Ok(LossOutput { loss, acc: Some(acc), margin: Some(margin), per_pair: Some((per.detach(), logit.detach())) })
+}
+
+/// The D3PO baseline (Yang et al. 2024) in the form the PSO paper compares
+/// against (pso.md §3b): the same clipped pairwise loss, with each ratio
+/// taken against the policy that sampled the chain instead of the frozen
+/// distilled model. One optimizer step per sampled batch means the
+/// sampling policy has the weights the loss is computed with, so its
+/// log-probs are `lp` detached: every ratio is exactly 1 and the gradient
+/// is beta/2 (grad lp_w - grad lp_l), with nothing holding the model near
+/// where it started.
+pub fn d3po_online(lp_winner: &Tensor, lp_loser: &Tensor, beta: f64, clip: f64) -> Result<LossOutput> {
+    pso_online(lp_winner, &lp_winner.detach(), lp_loser, &lp_loser.detach(), beta, clip)
 }
 
 #[cfg(test)]
@@ -117,5 +130,21 @@ mod tests {
         let gl = g.get(l.as_tensor()).unwrap().to_vec1::<f64>().unwrap();
         assert_eq!((gw[0], gl[1]), (0.0, 0.0), "clamped ratios pass no gradient");
         assert!(gw[1] < 0.0 && gl[0] > 0.0, "raise the winner, lower the loser: {gw:?} {gl:?}");
+    }
+
+    /// D3PO: the ratio is against the sampling policy (lp detached), so the
+    /// loss is log 2 and the gradient sigmoid(0) beta = beta / 2 per
+    /// log-prob, winner up and loser down, whatever the frozen model says.
+    #[test]
+    fn d3po_ratio_is_against_the_sampling_policy() {
+        let w = Var::new(&[-3.0f64, 1.5], &Device::Cpu).unwrap();
+        let l = Var::new(&[0.25f64, -7.0], &Device::Cpu).unwrap();
+        let out = d3po_online(w.as_tensor(), l.as_tensor(), 4.0, 0.1).unwrap();
+        assert!((scalar(&out.loss) - 2f64.ln()).abs() < 1e-15);
+        assert_eq!(out.margin, Some(0.0));
+        let g = out.loss.backward().unwrap();
+        // d/dlp_w of -mean log sigmoid(beta (lp_w - lp_l)) at 0: -beta / 2 / P.
+        assert_eq!(g.get(w.as_tensor()).unwrap().to_vec1::<f64>().unwrap(), vec![-1.0, -1.0]);
+        assert_eq!(g.get(l.as_tensor()).unwrap().to_vec1::<f64>().unwrap(), vec![1.0, 1.0]);
     }
 }

@@ -74,6 +74,40 @@ fn log_sigmoid_is_stable_for_large_logits() {
     }
 }
 
+/// Regression (review defect 1): the old relu/abs form had a slope of 1.5
+/// at z = 0, where every fresh LoRA run starts.
+#[test]
+fn log_sigmoid_gradient_is_sigmoid_of_minus_z_at_zero_and_far_out() {
+    for (z, want) in [(0.0, 0.5), (-40.0, 1.0), (40.0, (-40f64).exp()), (-3.0, 1.0 / (1.0 + (-3f64).exp())), (3.0, 1.0 / (1.0 + 3f64.exp())), (1e-9, 0.5 - 0.25e-9)] {
+        for dt in [candle_core::DType::F64, candle_core::DType::F32] {
+            let v = candle_core::Var::new(&[z], &Device::Cpu).unwrap();
+            let zt = v.as_tensor().to_dtype(dt).unwrap();
+            let g = log_sigmoid(&zt).unwrap().sum_all().unwrap().backward().unwrap();
+            let got = g.get(v.as_tensor()).unwrap().to_vec1::<f64>().unwrap()[0];
+            let rel = if dt == candle_core::DType::F64 { 1e-14 } else { 1e-6 };
+            assert!((got - want).abs() <= rel * want, "z {z} {dt:?}: {got} vs {want}");
+        }
+    }
+}
+
+/// With the policy equal to the frozen model (z = 0, a fresh LoRA's first
+/// step) the PSO gradient is sigmoid(0) = 1/2 times beta times the MSE
+/// difference's gradient, as the paper's loss says.
+#[test]
+fn pso_gradient_at_a_zero_logit_is_half_the_slope() {
+    let [eps, tg, _, r, _] = case();
+    let v = candle_core::Var::from_tensor(&tg).unwrap();
+    let beta = 3.0;
+    // frozen = policy for both images: every logit is exactly 0.
+    let out = pso(&eps, v.as_tensor(), &tg, &r, &r, beta).unwrap();
+    assert!((scalar(&out.loss) - 2f64.ln()).abs() < 1e-15);
+    let g = out.loss.backward().unwrap();
+    let got = g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    // dL/dtarget = sigmoid(0) * beta * 2 (target - eps) / N / B with N = 2, B = 2.
+    let want: Vec<f64> = tg.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|x| 0.5 * beta * 2.0 * x / 2.0 / 2.0).collect();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn losses_have_correct_gradients() {
     let shape = [3, 2, 2, 2];

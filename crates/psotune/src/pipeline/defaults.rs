@@ -66,10 +66,17 @@ pub struct SamplingDefaults {
     pub width: Option<usize>,
     #[serde(default)]
     pub height: Option<usize>,
-    /// Classifier-free guidance scale; 0 (or 1) means none, as distilled models use.
+    /// Classifier-free guidance scale; 0 (or 1) means none, as distilled
+    /// models use. For a UNet that embeds the scale (the full LCM UNets),
+    /// the scale it is given; 0 there means "not named", and the pipeline
+    /// uses [`LCM_GUIDANCE`].
     #[serde(default)]
     pub guidance: f64,
 }
+
+/// The guidance scale of a UNet with a guidance embedding when its folder
+/// names none: diffusers' `LatentConsistencyModelPipeline.__call__` default.
+pub const LCM_GUIDANCE: f64 = 8.5;
 
 struct Known {
     /// Substring of the lower-cased folder name.

@@ -77,9 +77,21 @@ pub fn load_unet(folder: &ModelFolder, opts: &LoadOptions) -> Result<UNet2DCondi
     load_component(folder, "unet", opts, |vb| UNet2DConditionModel::load(vb, &cfg))
 }
 
+/// The VAE, in f32 when its config says `force_upcast` and the pipeline
+/// computes in half precision (the SDXL VAE overflows in f16; diffusers'
+/// pipelines upcast it for every decode). It takes and returns tensors of
+/// the pipeline's dtype either way.
 pub fn load_vae(folder: &ModelFolder, opts: &LoadOptions) -> Result<AutoencoderKL> {
     let cfg = VaeConfig::from_file(folder.component_dir("vae").join("config.json"))?;
-    load_component(folder, "vae", opts, |vb| AutoencoderKL::load(vb, &cfg))
+    let opts = vae_options(&cfg, opts);
+    load_component(folder, "vae", &opts, |vb| AutoencoderKL::load(vb, &cfg))
+}
+
+/// The load options of the VAE: `opts` with f32 for a `force_upcast` VAE
+/// in an f16 or bf16 pipeline.
+pub fn vae_options(cfg: &VaeConfig, opts: &LoadOptions) -> LoadOptions {
+    let half = matches!(opts.dtype, DType::F16 | DType::BF16);
+    LoadOptions { dtype: if cfg.force_upcast && half { DType::F32 } else { opts.dtype }, ..opts.clone() }
 }
 
 /// `force_zeros_for_empty_prompt` from model_index.json (SDXL pipelines

@@ -12,7 +12,7 @@ use super::load::{self, LoadOptions, TextEncoder};
 use super::text::{encode_prompts, PromptEmbeds};
 use crate::diffusion::{self, NoiseRng, Sampler, SchedulerConfig, Timesteps};
 use crate::error::{Error, Result};
-use crate::models::unet::{AddedCond, UNet2DConditionModel};
+use crate::models::unet::{guidance_scale_embedding, AddedCond, UNet2DConditionModel};
 use crate::models::vae::AutoencoderKL;
 
 /// A loaded text-to-image pipeline.
@@ -91,6 +91,9 @@ impl Pipeline {
         let f = vae.config().downsampling_factor();
         defaults.width.get_or_insert(w * f);
         defaults.height.get_or_insert(h * f);
+        if unet.config().time_cond_proj_dim.is_some() && defaults.guidance == 0.0 {
+            defaults.guidance = super::defaults::LCM_GUIDANCE;
+        }
         let force_zeros_for_empty_prompt = load::force_zeros_for_empty_prompt(root)?;
         Ok(Self {
             folder,
@@ -136,15 +139,33 @@ impl Pipeline {
         Ok(Tensor::new(&ids, &self.device)?.unsqueeze(0)?.repeat((batch, 1))?.to_dtype(self.dtype)?)
     }
 
+    /// Whether the UNet takes the guidance scale as an input embedding
+    /// (`time_cond_proj_dim`: the full LCM UNets) instead of through
+    /// classifier-free guidance. Such a model is never run twice per step.
+    pub fn embeds_guidance(&self) -> bool {
+        self.unet.config().time_cond_proj_dim.is_some()
+    }
+
     /// The network's raw output for latents `x` (already scaled by the
-    /// sampler) at timestep `t` (one per sample, or one for all).
-    pub fn predict(&self, x: &Tensor, t: &Tensor, embeds: &PromptEmbeds, time_ids: Option<&Tensor>) -> Result<Tensor> {
+    /// sampler) at timestep `t` (one per sample, or one for all). `guidance`
+    /// reaches a UNet that embeds it (as diffusers'
+    /// LatentConsistencyModelPipeline: `timestep_cond` is the embedding of
+    /// guidance - 1); other UNets ignore it (their guidance is
+    /// classifier-free, done by the caller).
+    pub fn predict(&self, x: &Tensor, t: &Tensor, embeds: &PromptEmbeds, time_ids: Option<&Tensor>, guidance: f64) -> Result<Tensor> {
         let added = match (self.family(), &embeds.pooled, time_ids) {
             (Family::Sdxl, Some(p), Some(ids)) => Some(AddedCond { text_embeds: p.clone(), time_ids: ids.clone() }),
             (Family::Sdxl, _, _) => return Err(Error::invalid("SDXL prediction needs pooled text embeddings and time ids")),
             (Family::Sd, _, _) => None,
         };
-        Ok(self.unet.forward(x, t, &embeds.hidden, added.as_ref())?)
+        let cond = match self.unet.config().time_cond_proj_dim {
+            Some(dim) => {
+                let w = vec![(guidance - 1.0) as f32; x.dim(0)?];
+                Some(guidance_scale_embedding(&w, dim, &self.device)?.to_dtype(self.dtype)?)
+            }
+            None => None,
+        };
+        Ok(self.unet.forward_with_cond(x, t, &embeds.hidden, added.as_ref(), cond.as_ref())?)
     }
 
     /// Build the sampler for a request.
@@ -272,10 +293,17 @@ impl Pipeline {
         Ok(sampler.transition(0, &x, &out)?.x0)
     }
 
+    /// Whether sampling at `guidance` runs classifier-free guidance (a
+    /// second, unconditional pass): above 1, unless the UNet embeds the
+    /// scale instead.
+    pub fn uses_cfg(&self, guidance: f64) -> bool {
+        guidance > 1.0 && !self.embeds_guidance()
+    }
+
     /// The embeddings the network sees for `batch` samples of `cond`
     /// ([negative; conditional] when guidance > 1) and SDXL's time ids.
     fn guided_inputs(&self, cond: &PromptEmbeds, batch: usize, guidance: f64, negative: Option<&str>, (width, height): (usize, usize)) -> Result<(PromptEmbeds, Option<Tensor>)> {
-        let embeds = if guidance > 1.0 { PromptEmbeds::cat(&self.negative_embeds(negative, batch, cond)?, cond)? } else { cond.clone() };
+        let embeds = if self.uses_cfg(guidance) { PromptEmbeds::cat(&self.negative_embeds(negative, batch, cond)?, cond)? } else { cond.clone() };
         let time_ids = match self.family() {
             Family::Sdxl => Some(self.default_time_ids(embeds.batch()?, height, width)?),
             Family::Sd => None,
@@ -286,12 +314,12 @@ impl Pipeline {
     /// The network's output for step i of `sampler` at sample x, guided
     /// when `embeds` holds [negative; conditional] (guidance > 1), in f32.
     fn guided_output(&self, sampler: &dyn Sampler, i: usize, x: &Tensor, embeds: &PromptEmbeds, guidance: f64, time_ids: Option<&Tensor>) -> Result<Tensor> {
-        let cfg = guidance > 1.0;
+        let cfg = self.uses_cfg(guidance);
         let (batch, n) = (x.dim(0)?, embeds.batch()?);
         let xin = sampler.scale_model_input(x, i)?;
         let xin = if cfg { Tensor::cat(&[&xin, &xin], 0)? } else { xin };
         let tt = Tensor::full(sampler.timesteps()[i] as f32, n, &self.device)?;
-        let out = self.predict(&xin.to_dtype(self.dtype)?, &tt, embeds, time_ids)?.to_dtype(DType::F32)?;
+        let out = self.predict(&xin.to_dtype(self.dtype)?, &tt, embeds, time_ids, guidance)?.to_dtype(DType::F32)?;
         if !cfg {
             return Ok(out);
         }

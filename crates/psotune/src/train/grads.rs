@@ -102,6 +102,26 @@ impl GradAccumulator {
     /// micro-batches accumulates over the ones where it had a gradient (and
     /// is still divided by the total count, as PyTorch's summed `.grad`).
     pub fn add(&mut self, grads: Grads) -> Result<()> {
+        self.sum_in(grads)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Add the gradient of a further term of the current micro-batch's
+    /// loss (its backward taken separately, e.g. the one-step transfer
+    /// term): summed like [`Self::add`] but not counted as a micro-batch,
+    /// so that `finish` gives the mean of (main loss + term) over the
+    /// micro-batches, not a mean over twice as many.
+    pub fn add_term(&mut self, grads: Grads) -> Result<()> {
+        self.sum_in(grads)
+    }
+
+    /// Shorthand for `add_term(Grads::from_store(store, params))`.
+    pub fn add_term_store(&mut self, store: &GradStore, params: &[(String, Var)]) -> Result<()> {
+        self.add_term(Grads::from_store(store, params))
+    }
+
+    fn sum_in(&mut self, grads: Grads) -> Result<()> {
         for (name, g) in grads.map {
             let s = match self.sum.remove(&name) {
                 Some(s) => (s + g)?,
@@ -109,7 +129,6 @@ impl GradAccumulator {
             };
             self.sum.insert(name, s);
         }
-        self.count += 1;
         Ok(())
     }
 

@@ -14,8 +14,12 @@
 //! State is keyed by parameter name, so it survives rebuilding the model and
 //! is saved as safetensors (`<name>.exp_avg`, `<name>.exp_avg_sq`, per-name
 //! step counts in the metadata). Moments have the parameter's dtype, as in
-//! PyTorch. A parameter without a gradient is skipped entirely (no decay, no
-//! step count), as PyTorch skips `p.grad is None`.
+//! PyTorch (see below for half precision). A parameter without a gradient is skipped entirely (no decay, no
+//! step count), as PyTorch skips `p.grad is None`. Half-precision (f16,
+//! bf16) parameters are the exception: their moments are kept in f32 and
+//! the update is computed in f32, then rounded into the parameter. Why: in
+//! f16, g * g and eps = 1e-8 underflow to 0, so v = 0 and the first update
+//! is 0 / 0 = NaN (or m / 0 = inf).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -130,18 +134,21 @@ impl AdamW {
         for (name, var) in &self.params {
             let Some(g) = grads.get(name) else { continue };
             let p = var.as_tensor();
-            let g = g.to_dtype(p.dtype())?;
+            let sd = state_dtype(p.dtype());
+            let g = g.to_dtype(sd)?;
             let st = match self.state.get(name) {
                 Some(st) => st.clone(),
-                None => ParamState { step: 0, exp_avg: p.zeros_like()?, exp_avg_sq: p.zeros_like()? },
+                None => ParamState { step: 0, exp_avg: p.zeros_like()?.to_dtype(sd)?, exp_avg_sq: p.zeros_like()?.to_dtype(sd)? },
             };
             let step = st.step + 1;
             let h = Hyper::new(lr, self.config, step);
-            let (exp_avg, exp_avg_sq) = if adamw_kernel::applies(p, &g, &st.exp_avg, &st.exp_avg_sq) {
+            let (exp_avg, exp_avg_sq) = if sd == p.dtype() && adamw_kernel::applies(p, &g, &st.exp_avg, &st.exp_avg_sq) {
                 adamw_kernel::update(p, &g, &st.exp_avg, &st.exp_avg_sq, &h)?;
                 (st.exp_avg, st.exp_avg_sq)
             } else {
-                update_composed(var, &g, &st, &h)?
+                let (p_new, m, v) = update_composed(&p.to_dtype(sd)?, &g, &st, &h)?;
+                var.set(&p_new.to_dtype(p.dtype())?)?;
+                (m, v)
             };
             self.state.insert(name.clone(), ParamState { step, exp_avg, exp_avg_sq });
         }
@@ -194,8 +201,9 @@ impl AdamW {
             let mut take = |suffix: &str| {
                 let key = format!("{name}.{suffix}");
                 let t = tensors.remove(&key).ok_or_else(|| bad(format!("missing tensor {key}")))?;
-                if t.dims() != var.dims() || t.dtype() != var.dtype() {
-                    let (got, want) = ((t.dims().to_vec(), t.dtype()), (var.dims().to_vec(), var.dtype()));
+                let sd = state_dtype(var.dtype());
+                if t.dims() != var.dims() || t.dtype() != sd {
+                    let (got, want) = ((t.dims().to_vec(), t.dtype()), (var.dims().to_vec(), sd));
                     return Err(bad(format!("{key} is {got:?}, parameter is {want:?}")));
                 }
                 Ok(t.to_device(var.device())?)
@@ -242,11 +250,19 @@ impl Hyper {
     }
 }
 
-/// The update from tensor ops (other dtypes and devices); sets the
-/// parameter and returns the new moments. `adamw_kernel` computes the same
-/// expressions in the same order, in place.
-fn update_composed(var: &Var, g: &Tensor, st: &ParamState, h: &Hyper) -> Result<(Tensor, Tensor)> {
-    let p = var.as_tensor();
+/// The dtype AdamW keeps a parameter's moments in: f32 for half
+/// precision, the parameter's own otherwise.
+pub fn state_dtype(param: candle_core::DType) -> candle_core::DType {
+    match param {
+        candle_core::DType::F16 | candle_core::DType::BF16 => candle_core::DType::F32,
+        d => d,
+    }
+}
+
+/// The update from tensor ops (other dtypes and devices): the new
+/// parameter (from `p`, in the moments' dtype) and the new moments.
+/// `adamw_kernel` computes the same expressions in the same order, in place.
+fn update_composed(p: &Tensor, g: &Tensor, st: &ParamState, h: &Hyper) -> Result<(Tensor, Tensor, Tensor)> {
     // Decay first, from the parameter before this step's update.
     let mut p_new = if h.weight_decay != 0.0 { p.affine(h.decay, 0.0)? } else { p.clone() };
     // torch's lerp with weight < 0.5: m + w * (g - m).
@@ -256,8 +272,7 @@ fn update_composed(var: &Var, g: &Tensor, st: &ParamState, h: &Hyper) -> Result<
     let bc2 = Tensor::new(h.bias_correction2_sqrt, p.device())?.to_dtype(p.dtype())?;
     let denom = exp_avg_sq.sqrt()?.broadcast_div(&bc2)?.affine(1.0, h.eps)?;
     p_new = (p_new - (exp_avg.div(&denom)?.affine(h.step_size, 0.0))?)?;
-    var.set(&p_new)?;
-    Ok((exp_avg, exp_avg_sq))
+    Ok((p_new, exp_avg, exp_avg_sq))
 }
 
 #[cfg(test)]
@@ -294,12 +309,45 @@ mod kernel_tests {
                 let h = Hyper::new(cfg.lr * step as f64, cfg, step);
                 assert!(adamw_kernel::applies(&p, &g, &m, &v));
                 adamw_kernel::update(&p, &g, &m, &v, &h).unwrap();
-                let (ea, es) = update_composed(&var, &g, &st, &h).unwrap();
+                let (pn, ea, es) = update_composed(var.as_tensor(), &g, &st, &h).unwrap();
+                var.set(&pn).unwrap();
                 st = ParamState { step, exp_avg: ea, exp_avg_sq: es };
                 assert_eq!(bits(&p), bits(var.as_tensor()), "{path}: parameter, wd {wd}, step {step}");
                 assert_eq!(bits(&m), bits(&st.exp_avg), "{path}: exp_avg, step {step}");
                 assert_eq!(bits(&v), bits(&st.exp_avg_sq), "{path}: exp_avg_sq, step {step}");
             }
+        }
+    }
+
+    /// Regression (review defect 5): a half-precision parameter keeps f32
+    /// moments and steps like its f32 twin (rounded), where f16 moments
+    /// gave NaN (g * g and eps underflow to 0, so 0 / 0).
+    #[test]
+    fn half_precision_parameters_keep_f32_moments_and_stay_finite() {
+        use super::{AdamW, Grads};
+        let init = (det_tensor(&[8, 3], 2).to_dtype(DType::F32).unwrap() * 0.1).unwrap();
+        // Gradients around 1e-5 and exact zeros: g * g underflows in f16.
+        let grad = (det_tensor(&[8, 3], 3).to_dtype(DType::F32).unwrap() * 1e-5).unwrap();
+        let cfg = AdamWConfig { lr: 1e-3, ..Default::default() };
+        let mut results = Vec::new();
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let var = Var::from_tensor(&init.to_dtype(dt).unwrap()).unwrap();
+            let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg).unwrap();
+            for _ in 0..3 {
+                let mut g = Grads::default();
+                g.insert("w", grad.to_dtype(dt).unwrap());
+                opt.step(&g).unwrap();
+            }
+            assert_eq!(var.dtype(), dt);
+            let st = opt.state_tensors();
+            assert!(st.values().all(|t| t.dtype() == super::state_dtype(dt)), "{dt:?}");
+            let v: Vec<f32> = var.as_tensor().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert!(v.iter().all(|x| x.is_finite()), "{dt:?}: {v:?}");
+            results.push(v);
+        }
+        for (k, tol) in [(1, 2e-3f32), (2, 5e-2)] {
+            let worst = results[0].iter().zip(&results[k]).map(|(a, b)| (a - b).abs() / a.abs().max(1e-2)).fold(0f32, f32::max);
+            assert!(worst < tol, "half precision {k}: relative difference {worst}");
         }
     }
 }

@@ -205,6 +205,36 @@ fn accumulation_averages_micro_batches_from_backward() {
     assert_eq!(g.len(), 1);
 }
 
+/// Regression (review defect 2): a separately back-propagated term of each
+/// micro-batch's loss is summed into that micro-batch, so the total is
+/// mean(main) + mean(term); counting it as a micro-batch halved both.
+#[test]
+fn a_loss_term_adds_to_its_micro_batch_and_does_not_count_as_one() {
+    let w = var(&[1.0, 2.0], &[2]);
+    let params = vec![("w".to_string(), w.clone())];
+    let run = |term_weight: Option<f64>| {
+        let mut acc = GradAccumulator::new();
+        for (x, y) in [([1.0f32, 3.0], [0.5f32, -0.25]), ([2.0, -1.0], [4.0, 8.0])] {
+            let x = Tensor::new(&x, &Device::Cpu).unwrap();
+            let loss = (w.as_tensor() * x).unwrap().sum_all().unwrap();
+            acc.add_store(&loss.backward().unwrap(), &params).unwrap();
+            if let Some(k) = term_weight {
+                let y = Tensor::new(&y, &Device::Cpu).unwrap();
+                let term = ((w.as_tensor() * y).unwrap().sum_all().unwrap() * k).unwrap();
+                acc.add_term_store(&term.backward().unwrap(), &params).unwrap();
+            }
+        }
+        assert_eq!(acc.count(), 2);
+        vals(acc.finish().unwrap().get("w").unwrap())
+    };
+    let without = run(None);
+    assert_eq!(without, vec![1.5, 1.0]);
+    // Weight 0: bit for bit the run without the term.
+    assert_eq!(run(Some(0.0)), without);
+    // Weight 2: (x1 + x2) / 2 + 2 (y1 + y2) / 2, the main part unchanged.
+    assert_eq!(run(Some(2.0)), vec![1.5 + 4.5, 1.0 + 7.75]);
+}
+
 // ---- run directories ----
 
 pub(crate) fn tempdir(name: &str) -> ScratchDir {

@@ -2,7 +2,7 @@
 //! per optimizer step), sample grids (`samples/step-000100.png`) and the
 //! cached references (`references/step-000000.{safetensors,png}`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,38 @@ pub struct StepMetrics {
     /// Mean one-step transfer term (x0 MSE), when `objective.one-step-transfer` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<f64>,
+    /// Pair objectives trained at more than one timestep: the step's pairs
+    /// by training timestep (which timestep the loss is lowered at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_timestep: Option<BTreeMap<String, TimestepStats>>,
+}
+
+/// The pairs of one training timestep within a step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimestepStats {
+    /// Pairs drawn at this timestep.
+    pub pairs: usize,
+    /// Their mean loss.
+    pub loss: f64,
+    /// Their mean logit.
+    pub margin: f64,
+    /// Fraction with a positive logit (the target favoured).
+    pub acc: f64,
+}
+
+impl TimestepStats {
+    /// Group per-pair (loss, logit) by the pairs' timesteps `t`, adding to `into`.
+    pub fn add(into: &mut BTreeMap<String, TimestepStats>, t: &[f64], loss: &[f64], logit: &[f64]) {
+        for ((t, l), z) in t.iter().zip(loss).zip(logit) {
+            let s = into.entry(format!("{t}")).or_default();
+            let n = s.pairs as f64;
+            // Running means: exact enough for a log, and no second pass.
+            s.loss = (s.loss * n + l) / (n + 1.0);
+            s.margin = (s.margin * n + z) / (n + 1.0);
+            s.acc = (s.acc * n + if *z > 0.0 { 1.0 } else { 0.0 }) / (n + 1.0);
+            s.pairs += 1;
+        }
+    }
 }
 
 /// Appends JSON lines that carry a `step` field ([`StepMetrics`], the

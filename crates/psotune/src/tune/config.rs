@@ -63,6 +63,13 @@ pub struct ModelConfig {
     /// UNet forward of time per step.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gradient_checkpointing: bool,
+    /// Guidance scale the model samples and trains with, replacing the
+    /// folder's default. For a UNet with a guidance embedding (the full LCM
+    /// UNets, `time_cond_proj_dim`) it is the embedded scale w + 1, in every
+    /// objective; for other models classifier-free guidance while sampling
+    /// (training predictions are unguided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f64>,
 }
 
 fn default_dtype() -> String {
@@ -152,15 +159,18 @@ impl Default for LoraSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ObjectiveConfig {
-    /// pso | pso-hinge | diffusion-dpo | sft | sft-distilled.
+    /// pso | pso-hinge | diffusion-dpo | sft | sft-distilled; with
+    /// `data.kind = "online"`: pso (online PSO) or d3po (its baseline).
     #[serde(default = "default_kind")]
     pub kind: ObjectiveKind,
     /// Inverse temperature (default per kind: pso 50, pso-hinge 5,
-    /// diffusion-dpo 5000; unused by the sft losses).
+    /// diffusion-dpo 5000, d3po 50; unused by the sft losses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
     /// Training timesteps for pso / pso-hinge / sft-distilled (default: the
-    /// model's own sampling timesteps, e.g. 999/749/499/249).
+    /// model's own sampling timesteps, e.g. 999/749/499/249). The PSO
+    /// authors' concept trainer uses [750, 500, 250, 0] (see
+    /// examples/concept.toml).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timesteps: Option<Vec<usize>>,
     /// Weight of the one-step transfer term (0: off). Each micro-batch

@@ -101,7 +101,7 @@ fn eps_forward(pipe: &Pipeline, x: &Tensor, t: &[f64], embeds: &PromptEmbeds, sc
         Family::Sdxl => Some(pipe.default_time_ids(x.dim(0)?, size.1, size.0)?),
         Family::Sd => None,
     };
-    let out = pipe.predict(&x.to_dtype(pipe.dtype)?, &tt, embeds, time_ids.as_ref())?.to_dtype(DType::F32)?;
+    let out = pipe.predict(&x.to_dtype(pipe.dtype)?, &tt, embeds, time_ids.as_ref(), pipe.defaults.guidance)?.to_dtype(DType::F32)?;
     let ab: Vec<f64> = t.iter().map(|t| schedule.alpha_bar(*t)).collect();
     Ok(to_epsilon(pipe.scheduler.prediction_type, x, &out, &ab)?)
 }
@@ -171,6 +171,12 @@ fn load_pipeline(cfg: &RunConfig) -> Result<(Pipeline, (usize, usize))> {
     let opts = LoadOptions { dtype: cfg.dtype(), variant: cfg.model.variant.clone(), ..Default::default() };
     let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
     pipe.unet.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
+    if let Some(g) = cfg.model.guidance {
+        if !(g.is_finite() && g >= 0.0) {
+            return Err(Error::invalid(format!("model.guidance = {g}: give a guidance scale of 0 or more")));
+        }
+        pipe.defaults.guidance = g;
+    }
     let size = (pipe.defaults.width.unwrap_or(512), pipe.defaults.height.unwrap_or(512));
     Ok((pipe, size))
 }
@@ -248,6 +254,9 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
         None => chain.timesteps().to_vec(),
     };
 
+    // Pairs are reported by timestep when they are drawn from a few of them.
+    let per_timestep = objective.kind.timestep_rule() == crate::objectives::TimestepRule::Distilled && distilled.len() > 1;
+
     // 0c. Encode the fixed data once.
     // The cached embeddings are the frozen model's (adapters off): with a
     // trained text encoder the policy re-encodes its prompts every step.
@@ -299,6 +308,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
         let t0 = Instant::now();
         let mut acc = GradAccumulator::new();
         let (mut loss_sum, mut acc_sum, mut margin_sum, mut transfer_sum) = (0.0, None::<f64>, None::<f64>, None::<f64>);
+        let mut by_timestep = BTreeMap::new();
         for _ in 0..o.grad_accum {
             // 1. Batch.
             let batch = gather(&set, refs.as_deref(), cursor, bs)?;
@@ -350,11 +360,16 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             acc_sum = out.acc.map(|a| acc_sum.unwrap_or(0.0) + a);
             margin_sum = out.margin.map(|m| margin_sum.unwrap_or(0.0) + m);
+            if let (Some((pl, pz)), true) = (&out.per_pair, per_timestep) {
+                let v = |x: &Tensor| x.to_dtype(DType::F64)?.to_vec1::<f64>();
+                artefacts::TimestepStats::add(&mut by_timestep, &t, &v(pl)?, &v(pz)?);
+            }
             // 6b. The one-step transfer term, its own backward.
             if let (Some(sw), true) = (&switch, transfer_weight > 0.0) {
                 let policy = own_embeds.as_ref().unwrap_or(&batch.embeds);
                 let term = transfer::one_step_transfer(&pipe, sw, chain.as_ref(), policy, &batch.embeds, batch.target.dims(), size, &mut noise)?;
-                acc.add_store(&(&term * transfer_weight)?.backward()?, opt.params())?;
+                // Part of this micro-batch's loss, not another micro-batch.
+                acc.add_term_store(&(&term * transfer_weight)?.backward()?, opt.params())?;
                 transfer_sum = Some(transfer_sum.unwrap_or(0.0) + term.to_dtype(DType::F64)?.to_scalar::<f64>()?);
             }
         }
@@ -377,6 +392,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             grad_norm,
             seconds: t0.elapsed().as_secs_f64(),
             transfer: transfer_sum.map(|v| v / n),
+            by_timestep: (!by_timestep.is_empty()).then_some(by_timestep),
         };
         if !m.loss.is_finite() {
             return Err(Error::invalid(format!("step {step}: the loss is {}; lower optim.lr or check the data", m.loss)));

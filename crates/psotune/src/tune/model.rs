@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::export;
 use crate::models::unet::UNet2DConditionModel;
 use crate::models::clip::text_encoder_targets;
-use crate::nn::{apply_lora, apply_lora_with, make_trainable, LoraConfig, LoraInit, LoraSet, LoraSwitch, LoraTargets};
+use crate::nn::{anchor_lora, apply_lora, apply_lora_with, make_trainable, LoraConfig, LoraInit, LoraSet, LoraSwitch, LoraTargets};
 use crate::pipeline::Pipeline;
 
 pub enum Trainable {
@@ -26,7 +26,10 @@ impl Trainable {
             return Ok(Trainable::Full(make_trainable(unet, &targets, true)?));
         }
         if let Some(file) = &cfg.init_from {
-            return Ok(Trainable::Lora(export::load_lora(file, unet, &LoraSwitch::new())?));
+            let set = export::load_lora(file, unet, &LoraSwitch::new())?;
+            // The frozen model is the one the run starts from (p_pre).
+            anchor_lora(unet).map_err(|e| Error::invalid(format!("lora.init-from {}: {e}", file.display())))?;
+            return Ok(Trainable::Lora(set));
         }
         let targets = LoraTargets::parse(&cfg.targets)?;
         let lc = LoraConfig { rank: cfg.rank, alpha: cfg.alpha, targets, init: LoraInit::Kaiming, seed: cfg.seed };
@@ -38,6 +41,8 @@ impl Trainable {
     /// (under the UNet's switch, named `text_encoder[_2].<path>`). A LoRA
     /// file (`init-from`) brings its text-encoder adapters along, and
     /// fresh ones are added when the file has none but they are asked for.
+    /// The file's adapters are anchored: switched off, they keep the
+    /// values they started from (the frozen model is the starting model).
     pub fn attach_pipeline(pipe: &mut Pipeline, cfg: &LoraSection) -> Result<Self> {
         if cfg.full.is_some() {
             return Self::attach(&mut pipe.unet, cfg);
@@ -45,7 +50,15 @@ impl Trainable {
         let mut set = match &cfg.init_from {
             Some(file) => {
                 let mut encoders: Vec<_> = pipe.text_encoders.iter_mut().map(|t| &mut t.model).collect();
-                export::load_lora_all(file, &mut pipe.unet, &mut encoders, &LoraSwitch::new())?
+                let set = export::load_lora_all(file, &mut pipe.unet, &mut encoders, &LoraSwitch::new())?;
+                // The frozen model (adapters off) is the model the run
+                // starts from, the file's LoRA included: PSO's p_pre.
+                let anchor = |e: candle_core::Error| Error::invalid(format!("lora.init-from {}: {e}", file.display()));
+                anchor_lora(&mut pipe.unet).map_err(anchor)?;
+                for te in encoders.iter_mut() {
+                    anchor_lora(*te).map_err(anchor)?;
+                }
+                set
             }
             None => match Self::attach(&mut pipe.unet, cfg)? {
                 Trainable::Lora(set) => set,

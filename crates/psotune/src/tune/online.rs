@@ -32,7 +32,7 @@ use super::data::splitmix;
 use super::{artefacts, note, Summary, Trainable, SAMPLES_DIR};
 use crate::diffusion::{gaussian_log_prob, NoiseRng, Sampler};
 use crate::error::{Error, Result};
-use crate::objectives::{pso_online, ObjectiveKind};
+use crate::objectives::{d3po_online, pso_online, ObjectiveKind};
 use crate::pipeline::{Family, Pipeline, PromptEmbeds, SampleRequest, SamplerKind};
 use crate::reward::Reward;
 use crate::train::{AdamW, AdamWConfig, GradAccumulator};
@@ -83,10 +83,13 @@ pub(crate) fn resolve_config(cfg: &mut RunConfig) -> std::result::Result<(), Str
         if cfg.online.is_some() || cfg.reward.is_some() {
             return Err("[online] and [reward] belong to data.kind = \"online\"".into());
         }
+        if cfg.objective.kind == ObjectiveKind::D3po {
+            return Err("objective.kind d3po trains on sampled chains: it needs data.kind = \"online\"".into());
+        }
         return Ok(());
     }
-    if cfg.objective.kind != ObjectiveKind::Pso {
-        return Err(format!("data.kind = \"online\" trains the PSO loss of pso.md §3b; objective.kind {} does not apply", cfg.objective.kind));
+    if !matches!(cfg.objective.kind, ObjectiveKind::Pso | ObjectiveKind::D3po) {
+        return Err(format!("data.kind = \"online\" trains the PSO loss of pso.md §3b (pso) or its D3PO baseline (d3po); objective.kind {} does not apply", cfg.objective.kind));
     }
     let o = cfg.online.get_or_insert_with(OnlineConfig::default);
     if !(o.clip > 0.0 && o.clip < 1.0) {
@@ -151,7 +154,7 @@ fn predict(pipe: &Pipeline, sampler: &dyn Sampler, i: usize, x: &Tensor, embeds:
         Family::Sdxl => Some(pipe.default_time_ids(n, size.1, size.0)?),
         Family::Sd => None,
     };
-    Ok(pipe.predict(&xin.to_dtype(pipe.dtype)?, &t, embeds, time_ids.as_ref())?.to_dtype(DType::F32)?)
+    Ok(pipe.predict(&xin.to_dtype(pipe.dtype)?, &t, embeds, time_ids.as_ref(), pipe.defaults.guidance)?.to_dtype(DType::F32)?)
 }
 
 /// Sample one chain per row of `embeds` with the model as it is now,
@@ -309,15 +312,17 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
 
     // 0b. The model, its adapters, the training sampler.
     let (mut pipe, size) = super::load_pipeline(cfg)?;
-    if pipe.defaults.guidance > 1.0 {
+    if pipe.uses_cfg(pipe.defaults.guidance) {
         let msg = format!("online PSO scores transitions of the unguided network; this model samples with guidance {}", pipe.defaults.guidance);
         return Err(Error::config(run.config_path(), msg));
     }
     let trainable = Trainable::attach(&mut pipe.unet, &cfg.lora)?;
-    let Some(switch) = trainable.switch().cloned() else {
-        let msg = "online PSO compares with the frozen model (the network with its LoRA off); full fine-tuning has none: use LoRA";
+    let d3po = cfg.objective.kind == ObjectiveKind::D3po;
+    let switch = trainable.switch().cloned();
+    if switch.is_none() && !d3po {
+        let msg = "online PSO compares with the frozen model (the network with its LoRA off); full fine-tuning has none: use LoRA (or objective d3po)";
         return Err(Error::config(run.config_path(), msg));
-    };
+    }
     let sampler = {
         let d = &pipe.defaults;
         let kind = match &online.sampler {
@@ -344,7 +349,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     let mut reward = reward_cfg.build(run_dir, &pipe.device)?;
 
     let o = &cfg.optim;
-    let beta = cfg.objective.beta.unwrap_or(ObjectiveKind::Pso.default_beta());
+    let beta = cfg.objective.beta.unwrap_or(cfg.objective.kind.default_beta());
     let adamw = AdamWConfig { lr: o.lr, beta1: o.betas[0], beta2: o.betas[1], eps: o.eps, weight_decay: o.weight_decay };
     let mut opt = AdamW::new(trainable.vars(), adamw)?;
     let lr_schedule = o.lr_schedule();
@@ -408,13 +413,20 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             let idx = Tensor::new(rows.as_slice(), &pipe.device)?;
             let pair_embeds = select_embeds(&embeds, &idx)?;
 
-            // 4. Per trained transition: policy and frozen log-probs, loss, backward.
+            // 4. Per trained transition: policy and reference log-probs
+            //    (PSO: the frozen model; D3PO: the sampling policy), loss, backward.
             for &i in &chosen {
                 let x = chains.xs[i].index_select(&idx, 0)?;
                 let prev = chains.prevs[i].index_select(&idx, 0)?;
                 let lp = transition_log_prob(&pipe, sampler.as_ref(), i, &x, &prev, &pair_embeds, size)?;
-                let lp_pre = switch.run_disabled(|| transition_log_prob(&pipe, sampler.as_ref(), i, &x, &prev, &pair_embeds, size))?.detach();
-                let out = pso_online(&lp.narrow(0, 0, p)?, &lp_pre.narrow(0, 0, p)?, &lp.narrow(0, p, p)?, &lp_pre.narrow(0, p, p)?, beta, online.clip)?;
+                let (w, l) = (lp.narrow(0, 0, p)?, lp.narrow(0, p, p)?);
+                let out = match &switch {
+                    Some(sw) if !d3po => {
+                        let lp_pre = sw.run_disabled(|| transition_log_prob(&pipe, sampler.as_ref(), i, &x, &prev, &pair_embeds, size))?.detach();
+                        pso_online(&w, &lp_pre.narrow(0, 0, p)?, &l, &lp_pre.narrow(0, p, p)?, beta, online.clip)?
+                    }
+                    _ => d3po_online(&w, &l, beta, online.clip)?,
+                };
                 acc.add_store(&out.loss.backward()?, opt.params())?;
                 loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 acc_sum += out.acc.unwrap_or(0.0);
@@ -512,6 +524,7 @@ mod tests {
             (vec!["online.sampler=euler"], "unknown sampler"),
             (vec!["online.train-transitions=0"], "at least 1"),
             (vec!["objective.kind=sft"], "objective.kind sft"),
+            (vec!["objective.kind=pso-hinge"], "d3po"),
             (vec!["online.steps=4"], "steps"),
             (vec!["reward.kind=command"], "command"),
             (vec!["reward.kind=command", "reward.command=[]"], "reward.command"),
@@ -523,6 +536,10 @@ mod tests {
         assert!(e.contains("[reward]"), "{e}");
         let style = "[model]\npath = \"/m\"\n[data]\nkind = \"style\"\nimages = \"/i\"\n[reward]\nkind = \"colourfulness\"\n";
         assert!(parse(style, &[]).unwrap_err().to_string().contains("belong to data.kind"));
+        let style = "[model]\npath = \"/m\"\n[objective]\nkind = \"d3po\"\n[data]\nkind = \"style\"\nimages = \"/i\"\n";
+        assert!(parse(style, &[]).unwrap_err().to_string().contains("d3po trains on sampled chains"));
+        let c = parse(ONLINE, &["objective.kind=d3po"]).unwrap();
+        assert_eq!((c.objective.kind, c.objective.beta), (ObjectiveKind::D3po, Some(50.0)));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct AutoencoderKL {
     pub quant_conv: Option<Conv2d>,
     pub post_quant_conv: Option<Conv2d>,
     config: VaeConfig,
+    /// The weights' dtype; inputs are cast to it and outputs back.
+    dtype: DType,
 }
 
 impl AutoencoderKL {
@@ -74,7 +76,7 @@ impl AutoencoderKL {
             if cfg.use_quant_conv { Some(Conv2d::load(vb.pp("quant_conv"), 2 * l, 2 * l, 1, 1, 0)?) } else { None };
         let post_quant_conv =
             if cfg.use_post_quant_conv { Some(Conv2d::load(vb.pp("post_quant_conv"), l, l, 1, 1, 0)?) } else { None };
-        Ok(Self { encoder, decoder, quant_conv, post_quant_conv, config: cfg.clone() })
+        Ok(Self { encoder, decoder, quant_conv, post_quant_conv, config: cfg.clone(), dtype: vb.dtype() })
     }
 
     /// Load a diffusers `vae/` folder (`config.json`,
@@ -100,6 +102,12 @@ impl AutoencoderKL {
         &self.config
     }
 
+    /// The dtype the VAE computes in (f32 for a `force_upcast` VAE loaded
+    /// with a half-precision pipeline: see `pipeline::load::load_vae`).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// image: [B, in_channels, H, W] in [-1, 1] -> the posterior over
     /// [B, latent_channels, H / f, W / f] (f = `config().downsampling_factor()`).
     pub fn encode(&self, image: &Tensor) -> Result<DiagonalGaussian> {
@@ -107,11 +115,11 @@ impl AutoencoderKL {
         if c != self.config.in_channels {
             candle_core::bail!("VAE expects {} image channels, got shape {:?}", self.config.in_channels, image.dims());
         }
-        let mut h = self.encoder.forward(image)?;
+        let mut h = self.encoder.forward(&image.to_dtype(self.dtype)?)?;
         if let Some(q) = &self.quant_conv {
             h = q.forward(&h)?;
         }
-        DiagonalGaussian::from_moments(&h)
+        DiagonalGaussian::from_moments(&h.to_dtype(image.dtype())?)
     }
 
     /// Raw decoder output for an unscaled latent z: roughly [-1, 1].
@@ -120,10 +128,14 @@ impl AutoencoderKL {
         if c != self.config.latent_channels {
             candle_core::bail!("VAE expects {} latent channels, got shape {:?}", self.config.latent_channels, z.dims());
         }
-        match &self.post_quant_conv {
-            Some(p) => self.decoder.forward(&p.forward(z)?),
-            None => self.decoder.forward(z),
-        }
+        // Computed in the VAE's dtype, returned in the input's (an f16
+        // pipeline with an upcast VAE gets f16 back, as it passed).
+        let zc = z.to_dtype(self.dtype)?;
+        let out = match &self.post_quant_conv {
+            Some(p) => self.decoder.forward(&p.forward(&zc)?)?,
+            None => self.decoder.forward(&zc)?,
+        };
+        out.to_dtype(z.dtype())
     }
 
     /// The latents the diffusion model sees: (z - shift_factor) * scaling_factor,
