@@ -424,3 +424,29 @@ fn lcm_guidance_embedding_reaches_training() {
     let (ok, _, err) = psotune(&["tune", &cfg, "--out", dir.join("bad").to_str().unwrap(), "--set", "model.guidance=-1"]);
     assert!(!ok && err.contains("model.guidance"), "{err}");
 }
+
+/// Pair objectives trained at several timesteps log their pairs by
+/// timestep: every pair of the step counted once, and at step 1 (policy =
+/// frozen model) every logit 0 and every loss log 2.
+#[test]
+fn pairs_are_reported_by_training_timestep() {
+    let dir = tmp("by-timestep");
+    let cfg = write(&dir.join("style.toml"), &config("sd21-tiny", "pso", &style_section(&style_data(&dir)), 2));
+    let run = dir.join("run");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", run.to_str().unwrap(), "--set", "objective.timesteps=[999,500,250]", "--set", "optim.grad-accum=2"]);
+    assert!(ok, "{err}");
+    let m = metrics(&run);
+    for v in &m {
+        let by = v["by_timestep"].as_object().unwrap_or_else(|| panic!("{v}"));
+        assert!(by.keys().all(|k| ["999", "500", "250"].contains(&k.as_str())), "{v}");
+        assert_eq!(by.values().map(|s| s["pairs"].as_u64().unwrap()).sum::<u64>(), 4, "batch 2 x grad-accum 2: {v}");
+    }
+    for s in m[0]["by_timestep"].as_object().unwrap().values() {
+        assert!((s["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6 && s["margin"].as_f64() == Some(0.0), "{s}");
+    }
+    // One timestep: nothing to break down.
+    let single = dir.join("single");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--out", single.to_str().unwrap(), "--set", "optim.max-steps=1"]);
+    assert!(ok, "{err}");
+    assert!(metrics(&single)[0].get("by_timestep").is_none());
+}
