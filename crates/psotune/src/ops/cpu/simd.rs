@@ -380,7 +380,7 @@ mod tests {
     fn with_path_switches_this_thread_and_restores() {
         let before = Simd::active();
         for p in Path::supported() {
-            let inner = with_path(p, || (Simd::active().path(), std::thread::spawn(|| Simd::active()).join().ok())).unwrap();
+            let inner = with_path(p, || (Simd::active().path(), std::thread::spawn(Simd::active).join().ok())).unwrap();
             assert_eq!(inner.0, p);
             // Other threads keep the process-wide path.
             assert_eq!(inner.1, Some(before));
