@@ -273,28 +273,31 @@ def scheduler():
     return EulerAncestralDiscreteScheduler.from_config(SCHEDULER_CONFIG)
 
 
+def sd21_unet_config(**extra):
+    """The tiny SD 2.1-layout UNet's config (also the LCM fixture's, with extras)."""
+    return dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=2,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        **extra,
+    )
+
+
 def build_sd21(vocab, merges):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     s = SEED["sd21-tiny"]
     text_encoder = seeded(s["text_encoder"], lambda: CLIPTextModel(clip_text_config("gelu", 32, len(vocab), 37)))
-    unet = seeded(
-        s["unet"],
-        lambda: UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(16, 32),
-            layers_per_block=2,
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            cross_attention_dim=32,
-            norm_num_groups=8,
-        ),
-    )
+    unet = seeded(s["unet"], lambda: UNet2DConditionModel(**sd21_unet_config()))
     return StableDiffusionPipeline(
         vae=vae_model(0.18215, s["vae"]),
         text_encoder=text_encoder,

@@ -61,23 +61,7 @@ def build():
     from transformers import CLIPTextModel, CLIPTokenizer
 
     src = mf.FIXTURES / "sd21-tiny"
-    unet = mf.seeded(
-        SEED["unet"],
-        lambda: UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(16, 32),
-            layers_per_block=2,
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            cross_attention_dim=32,
-            norm_num_groups=8,
-            time_cond_proj_dim=TIME_COND_PROJ_DIM,
-        ),
-    )
+    unet = mf.seeded(SEED["unet"], lambda: UNet2DConditionModel(**mf.sd21_unet_config(time_cond_proj_dim=TIME_COND_PROJ_DIM)))
     return LatentConsistencyModelPipeline(
         vae=AutoencoderKL.from_pretrained(src / "vae"),
         text_encoder=CLIPTextModel.from_pretrained(src / "text_encoder"),
