@@ -46,6 +46,8 @@ mkdir -p docs/experiments
   --prompts style=noto,fold=val --num-prompts 400 --steps 1,4 \
   --grid docs/experiments/paper-pso-1step.png --json docs/experiments/paper-pso-1step.json \
   | tee docs/experiments/paper-pso-1step.md
+# Which timestep the loss is lowered at, in the all-timestep runs.
+python3 tools/by_timestep.py --last 100 runs/paper-pso-*-all | tee docs/experiments/paper-pso-1step-timesteps.md
 # Is the 1-step damage the LoRA's effect at t = 999? The 4-step chain with
 # the LoRA off at its first step only, and the 1-step chain with and without it.
 for name in b50-lr1e-4-all b10-lr1e-4-all; do

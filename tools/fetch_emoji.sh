@@ -49,6 +49,10 @@ for spec in "${PACKAGES[@]}"; do
   fi
 done
 
+# emoji-data's build script runs `cargo metadata --offline`, which needs the
+# sources of every dependency, other platforms' included: fetch them first
+# (a fresh cargo cache had only this platform's and the build failed).
+cargo fetch --quiet --manifest-path "$ROOT/tools/emoji-data/Cargo.toml"
 echo "building tools/emoji-data (release)"
 cargo build --release --quiet --manifest-path "$ROOT/tools/emoji-data/Cargo.toml" \
   --target-dir "$ROOT/target/emoji-data"
