@@ -50,7 +50,7 @@ mkdir -p docs/experiments
 python3 tools/by_timestep.py --last 100 runs/paper-pso-*-all | tee docs/experiments/paper-pso-1step-timesteps.md
 # Is the 1-step damage the LoRA's effect at t = 999? The 4-step chain with
 # the LoRA off at its first step only, and the 1-step chain with and without it.
-for name in b50-lr1e-4-all b10-lr1e-4-all; do
+for name in b50-lr1e-5-all b50-lr1e-4-all b10-lr1e-4-all; do
   lora="runs/paper-pso-$name/lora.safetensors"
   [[ -f $lora ]] || "$PSOTUNE" export "runs/paper-pso-$name" --format diffusers --out "$lora"
   cargo run --release -q -p psotune --example step_mix_probe -- "$lora" \
