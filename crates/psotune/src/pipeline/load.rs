@@ -89,7 +89,7 @@ pub fn load_vae(folder: &ModelFolder, opts: &LoadOptions) -> Result<AutoencoderK
 
 /// The load options of the VAE: `opts` with f32 for a `force_upcast` VAE
 /// in an f16 or bf16 pipeline.
-pub fn vae_options(cfg: &VaeConfig, opts: &LoadOptions) -> LoadOptions {
+fn vae_options(cfg: &VaeConfig, opts: &LoadOptions) -> LoadOptions {
     let half = matches!(opts.dtype, DType::F16 | DType::BF16);
     LoadOptions { dtype: if cfg.force_upcast && half { DType::F32 } else { opts.dtype }, ..opts.clone() }
 }

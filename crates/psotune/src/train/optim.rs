@@ -13,13 +13,13 @@
 //!
 //! State is keyed by parameter name, so it survives rebuilding the model and
 //! is saved as safetensors (`<name>.exp_avg`, `<name>.exp_avg_sq`, per-name
-//! step counts in the metadata). Moments have the parameter's dtype, as in
-//! PyTorch (see below for half precision). A parameter without a gradient is skipped entirely (no decay, no
-//! step count), as PyTorch skips `p.grad is None`. Half-precision (f16,
-//! bf16) parameters are the exception: their moments are kept in f32 and
-//! the update is computed in f32, then rounded into the parameter. Why: in
-//! f16, g * g and eps = 1e-8 underflow to 0, so v = 0 and the first update
-//! is 0 / 0 = NaN (or m / 0 = inf).
+//! step counts in the metadata). A parameter without a gradient is skipped
+//! entirely (no decay, no step count), as PyTorch skips `p.grad is None`.
+//! Moments have the parameter's dtype, as in PyTorch, except for half
+//! precision (f16, bf16): those moments are kept in f32 and the update is
+//! computed in f32, then rounded into the parameter. Why: in f16, g * g and
+//! eps = 1e-8 underflow to 0, so v = 0 and the first update is 0 / 0 = NaN
+//! (or m / 0 = inf).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -138,7 +138,7 @@ impl AdamW {
             let g = g.to_dtype(sd)?;
             let st = match self.state.get(name) {
                 Some(st) => st.clone(),
-                None => ParamState { step: 0, exp_avg: p.zeros_like()?.to_dtype(sd)?, exp_avg_sq: p.zeros_like()?.to_dtype(sd)? },
+                None => ParamState { step: 0, exp_avg: Tensor::zeros(p.shape(), sd, p.device())?, exp_avg_sq: Tensor::zeros(p.shape(), sd, p.device())? },
             };
             let step = st.step + 1;
             let h = Hyper::new(lr, self.config, step);
