@@ -34,7 +34,7 @@ command -v objdump >/dev/null || { echo "check_simd_inlining: objdump not found 
 bin="${1:-}"
 if [ -z "$bin" ]; then
     cargo build --release -p psotune-cli
-    bin="target/release/psotune"
+    bin="${CARGO_TARGET_DIR:-target}/release/psotune"  # where cargo put it
 fi
 [ -f "$bin" ] || { echo "check_simd_inlining: no binary $bin" >&2; exit 2; }
 
