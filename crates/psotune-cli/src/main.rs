@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod device;
 mod eval;
+mod label;
 mod pairs;
 mod sample;
 mod tune;
@@ -31,6 +32,8 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Make offline preference pairs from the model's own samples ranked by a reward.
     Pairs(Box<pairs::PairsArgs>),
+    /// Label pairs of the model's samples in the browser, for `[data] kind = "pairs"`.
+    Label(Box<label::LabelArgs>),
     /// Export a run's checkpoint as a LoRA file (diffusers, kohya) or a merged UNet.
     Export(tune::ExportArgs),
 }
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Export(args) => tune::export(args),
         Command::Eval(args) => eval::run(*args),
         Command::Pairs(args) => pairs::run(*args),
+        Command::Label(args) => label::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
