@@ -31,5 +31,5 @@ impl Render for PipelineRender {
 }
 
 pub(crate) fn tmp_path(out: &Path) -> PathBuf {
-    out.with_extension("png.tmp")
+    out.with_extension("tmp.png")
 }

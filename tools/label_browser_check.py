@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Real-browser check of `psotune label` (issue 21), dev-side.
+
+Starts `psotune label` on the built-in emoji model, drives headless Chromium
+through chromedriver's WebDriver protocol (plain HTTP, no Python packages),
+labels 10 pairs (5 by clicking, 5 with the 1/2 keys), undoes the last one
+with the u key, reloads the page (the tab keeps its pair), and checks that
+pairs.jsonl holds exactly the 9 expected choices. Also checks that the page
+fits a 400 px wide window, and saves a screenshot (docs/label-page.png).
+
+    apt-get install chromium chromium-driver
+    cargo build --release -p psotune-cli
+    python3 tools/label_browser_check.py [--psotune target/release/psotune] [--screenshot docs/label-page.png]
+"""
+import argparse
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ELEMENT = "element-6066-11e4-a52f-4a5c7436b5c4"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Driver:
+    def __init__(self, port, chromium):
+        self.base = f"http://127.0.0.1:{port}"
+        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chromium, "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,760"]}}}}
+        self.sid = self.call("POST", "/session", caps)["sessionId"]
+
+    def call(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.load(r)["value"] if path != "/session" else json.load(r)["value"]
+
+    def s(self, method, path, body=None):
+        return self.call(method, f"/session/{self.sid}{path}", body)
+
+    def js(self, script, *args):
+        return self.s("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def click(self, css):
+        el = self.s("POST", "/element", {"using": "css selector", "value": css})[ELEMENT]
+        self.s("POST", f"/element/{el}/click", {})
+
+    def key(self, k):
+        self.s("POST", "/actions", {"actions": [{"type": "key", "id": "kb", "actions": [
+            {"type": "keyDown", "value": k}, {"type": "keyUp", "value": k}]}]})
+
+    def quit(self):
+        self.call("DELETE", f"/session/{self.sid}")
+
+
+def wait(what, fn, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    sys.exit(f"timed out waiting for {what}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--psotune", default=os.path.join(ROOT, "target/release/psotune"))
+    ap.add_argument("--chromium", default="/usr/bin/chromium")
+    ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
+    ap.add_argument("--screenshot", default=os.path.join(ROOT, "docs/label-page.png"))
+    a = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="psotune-label-browser-")
+    prompts = os.path.join(work, "prompts.txt")
+    with open(prompts, "w") as f:
+        f.write("\n".join(f"an emoji of {c}" for c in
+                          ["a cat face", "a red apple", "a rocket", "an octopus", "a sun", "a tree", "a car", "a heart"]) + "\n")
+    out = os.path.join(work, "labels")
+    server = subprocess.Popen([a.psotune, "label", "--model", "models/emoji", "--prompts", prompts, "--out", out,
+                               "--port", "0", "--labeler", "browser"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    line = server.stdout.readline()
+    url = line.split("open ")[1].split()[0]
+    dport = free_port()
+    driver_proc = subprocess.Popen([a.chromedriver, f"--port={dport}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait("chromedriver", lambda: socket.socket().connect_ex(("127.0.0.1", dport)) == 0, 30)
+        d = Driver(dport, a.chromium)
+        d.s("POST", "/url", {"url": url})
+        shown = lambda: d.js("return (typeof current !== 'undefined' && current && !busy) ? current : null")
+        expected = []
+        for i in range(10):
+            pair = wait("a pair", shown)
+            side = "left" if i % 2 == 0 else "right"
+            if i < 5:
+                d.click(f"#{side}")
+            else:
+                d.key("1" if side == "left" else "2")
+            expected.append((pair["id"], pair[side].lstrip("/")))
+            wait("the next pair", lambda: (shown() or {}).get("id") not in (None, pair["id"]))
+            if i == 8:
+                wait("the pair to load", lambda: d.js("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+                png = base64.b64decode(d.s("GET", "/screenshot"))
+                os.makedirs(os.path.dirname(a.screenshot), exist_ok=True)
+                with open(a.screenshot, "wb") as f:
+                    f.write(png)
+        d.key("u")
+        undone = expected.pop()
+        wait("the undone pair", lambda: (shown() or {}).get("id") == undone[0])
+        d.s("POST", "/refresh")
+        again = wait("a pair after reload", shown)
+        assert again["id"] == undone[0], f"after reload the tab shows {again['id']}, not its pair {undone[0]}"
+        status = d.js("return document.getElementById('progress').textContent")
+        d.s("POST", "/window/rect", {"width": 400, "height": 800})
+        narrow = d.js("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+        assert narrow, "the page scrolls sideways at 400 px"
+        d.quit()
+    finally:
+        driver_proc.terminate()
+        server.terminate()
+        server.wait()
+    with open(os.path.join(out, "pairs.jsonl")) as f:
+        lines = [json.loads(l) for l in f if l.strip()]
+    got = [(l["pair"], l["chosen"]) for l in lines]
+    assert got == expected, f"manifest {got}\nexpected {expected}"
+    print(f"ok: 10 pairs labelled in Chromium (5 clicks, 5 keys), one undone, reload kept the pair; "
+          f"pairs.jsonl holds the 9 expected choices; page fits 400 px; progress line: {status!r}; "
+          f"screenshot {os.path.relpath(a.screenshot, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
