@@ -21,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ELEMENT = "element-6066-11e4-a52f-4a5c7436b5c4"
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C web element key
 
 
 def free_port():
@@ -43,8 +44,11 @@ class Driver:
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method, headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return json.load(r)["value"] if path != "/session" else json.load(r)["value"]
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.load(r)["value"]
+        except urllib.error.HTTPError as e:
+            sys.exit(f"WebDriver {method} {path}: {e.code} {e.read().decode()[:500]}")
 
     def s(self, method, path, body=None):
         return self.call(method, f"/session/{self.sid}{path}", body)
@@ -118,7 +122,7 @@ def main():
         d.key("u")
         undone = expected.pop()
         wait("the undone pair", lambda: (shown() or {}).get("id") == undone[0])
-        d.s("POST", "/refresh")
+        d.s("POST", "/refresh", {})
         again = wait("a pair after reload", shown)
         assert again["id"] == undone[0], f"after reload the tab shows {again['id']}, not its pair {undone[0]}"
         status = d.js("return document.getElementById('progress').textContent")
