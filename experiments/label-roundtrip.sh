@@ -60,7 +60,7 @@ for side in base tuned; do
     --out "runs/label-rule-$side" > /dev/null
 done
 {
-  echo "Labelled by the rule \"pick the brighter image\" through psotune label: $(cat runs/label-rule.log)."
+  echo "Labelled by the rule \"pick the brighter image\" through psotune label: $(cat runs/label-rule.log 2>/dev/null || echo "labels from an earlier run")."
   echo "Trained with examples/pairs.toml on runs/label-rule/pairs.jsonl; measured on 48 held-out Noto captions x 2 seeds (4 steps)."
   echo
   python3 tools/label_by_rule.py wins runs/label-rule-base runs/label-rule-tuned
