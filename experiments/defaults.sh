@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # Which style-transfer defaults generalise? (issue 17) A small grid around
-# examples/style.toml (PSO beta 50 at t = 259, lr 2e-5, one-step transfer
-# 10, 600 steps), trained towards one style and measured on that style's
+# examples/style.toml (PSO at t = 259, lr 2e-5, one-step transfer 10, 600
+# steps; beta 50 until this grid chose 20 on 2026-12-02; every row sets its
+# beta), trained towards one style and measured on that style's
 # held-out concepts at 1 and 4 steps, with sft (the naive loss) beside it as
 # the measure of how far the data can pull the model:
 #
 #   STYLE=noto     the style the example was tuned on: assets/emoji's Noto
-#                  "fit" images, measured on 400 Noto "val" concepts (the
+#                  "fit" images, measured on the 187 Noto "val" concepts (the
 #                  same data and prompts as experiments/style-transfer.sh,
-#                  whose pso-example and sft runs it shares)
+#                  whose sft run it shares)
 #   STYLE=openmoji a style no setting was tuned on: the 2,206 OpenMoji "fit"
 #                  images of the full data (tools/fetch_emoji.sh builds it
 #                  into data/emoji), measured on its 251 "val" concepts
 #
 #   STYLE=noto experiments/defaults.sh; STYLE=openmoji experiments/defaults.sh   (resumable)
 #
-# CANDIDATES (environment) picks rows by name (default: all). Writes
-# runs/defaults-<style>-<name>/ (the Noto example and sft are
-# runs/style-lr2e-5-{pso-example,sft}) and docs/experiments/defaults-<style>.{md,json,png}.
+# CANDIDATES (environment) picks rows by name (default: all but
+# beta20-lr5e-5). The tables of 2026-12-02 name the beta-50 rows by their
+# old names: defaults-<style>-example (Noto: style-lr2e-5-pso-example). Writes
+# runs/defaults-<style>-<name>/ (the Noto sft is runs/style-lr2e-5-sft) and docs/experiments/defaults-<style>.{md,json,png}.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -26,14 +28,14 @@ PSOTUNE="${PSOTUNE:-target/release/psotune}"
 STYLE="${STYLE:-noto}"
 # name, then the --set overrides of examples/style.toml
 GRID=(
-  "example"
-  "lr5e-5 optim.lr=5e-5"
-  "lr1e-4 optim.lr=1e-4"
+  "beta50 objective.beta=50"
   "beta20 objective.beta=20"
+  "lr5e-5 objective.beta=50 optim.lr=5e-5"
+  "lr1e-4 objective.beta=50 optim.lr=1e-4"
   "beta20-lr5e-5 objective.beta=20 optim.lr=5e-5"
   "sft objective.kind=sft objective.one-step-transfer=0"
 )
-CANDIDATES="${CANDIDATES:-example lr5e-5 lr1e-4 beta20 beta20-lr5e-5 sft}"
+CANDIDATES="${CANDIDATES:-beta50 beta20 lr5e-5 lr1e-4 sft}"
 case "$STYLE" in
   noto)
     data=(); select=()
@@ -56,12 +58,9 @@ for spec in "${GRID[@]}"; do
   [[ " $CANDIDATES " == *" $name "* ]] || continue
   dir="runs/defaults-$STYLE-$name"
   extra=()
-  # The Noto example and sft are the style-transfer contrast's runs, made
-  # with exactly the overrides that script gives them.
-  if [[ $STYLE == noto && $name == example ]]; then
-    dir=runs/style-lr2e-5-pso-example
-    extra=(--set objective.kind=pso --set optim.max-steps=600 --set optim.lr=2e-5)
-  elif [[ $STYLE == noto && $name == sft ]]; then
+  # The Noto sft run is the style-transfer contrast's, made with exactly
+  # the overrides that script gives it.
+  if [[ $STYLE == noto && $name == sft ]]; then
     dir=runs/style-lr2e-5-sft
     extra=(--set objective.kind=sft --set optim.max-steps=600 --set optim.lr=2e-5
            --set objective.beta=500 --set objective.one-step-transfer=0)

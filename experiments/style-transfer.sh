@@ -4,7 +4,7 @@
 # steps and learning rate under pso, sft, sft-distilled and diffusion-dpo
 # at the model's own four timesteps (and pso with the one-step transfer
 # term), plus examples/style.toml as written (pso-example: PSO at t = 259
-# only, beta 50, with the transfer term), then every run measured on the
+# only, beta 20 (50 until 2026-12-02), with the transfer term), then every run measured on the
 # Noto concepts of the "val" fold, which no run trained on, at 1 and 4 steps.
 #
 #   experiments/style-transfer.sh            (resumable: finished runs are kept)
@@ -18,7 +18,7 @@ PSOTUNE="${PSOTUNE:-target/release/psotune}"
 [[ -x "$PSOTUNE" ]] || cargo build --release -p psotune-cli
 STEPS="${STEPS:-600}"
 LR="${LR:-2e-5}"            # the same for every objective
-PSO_BETA="${PSO_BETA:-500}"  # of the pso and pso-transfer rows (pso-example keeps the example's 50)
+PSO_BETA="${PSO_BETA:-500}"  # of the pso and pso-transfer rows (pso-example keeps the example's own)
 OWN_TIMESTEPS="[999,759,499,259]"  # the emoji model's 4-step LCM timesteps
 TAG="${TAG:--lr2e-5}"              # run and report names: runs/style<TAG>-<objective>
 TRANSFER="${TRANSFER:-10}"   # objective.one-step-transfer of the pso-transfer run
