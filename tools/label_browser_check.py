@@ -2,7 +2,7 @@
 """Real-browser check of `psotune label` (issue 21), dev-side.
 
 Starts `psotune label` on the built-in emoji model, drives headless Chromium
-through chromedriver's WebDriver protocol (plain HTTP, no Python packages),
+(or Firefox) through the WebDriver protocol of chromedriver (or geckodriver) (plain HTTP, no Python packages),
 labels 10 pairs (5 by clicking, 5 with the 1/2 keys), undoes the last one
 with the u key, reloads the page (the tab keeps its pair), and checks that
 pairs.jsonl holds exactly the 9 expected choices. Also checks that the page
@@ -11,6 +11,7 @@ fits a 400 px wide window, and saves a screenshot (docs/label-page.png).
     apt-get install chromium chromium-driver
     cargo build --release -p psotune-cli
     python3 tools/label_browser_check.py [--psotune target/release/psotune] [--screenshot docs/label-page.png]
+    python3 tools/label_browser_check.py --browser firefox      (firefox-esr; geckodriver: `cargo install geckodriver`)
 """
 import argparse
 import base64
@@ -35,11 +36,16 @@ def free_port():
 
 
 class Driver:
-    def __init__(self, port, chromium):
+    def __init__(self, port, browser, binary):
         self.base = f"http://127.0.0.1:{port}"
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-            "binary": chromium, "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,760"]}}}}
-        self.sid = self.call("POST", "/session", caps)["sessionId"]
+        if browser == "chromium":
+            caps = {"browserName": "chrome", "goog:chromeOptions": {
+                "binary": binary, "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,760"]}}
+        else:
+            caps = {"browserName": "firefox", "moz:firefoxOptions": {"binary": binary, "args": ["-headless"]}}
+        self.sid = self.call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})["sessionId"]
+        if browser == "firefox":
+            self.s("POST", "/window/rect", {"width": 1100, "height": 760})
 
     def call(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -81,10 +87,16 @@ def wait(what, fn, timeout=300):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--psotune", default=os.path.join(ROOT, "target/release/psotune"))
-    ap.add_argument("--chromium", default="/usr/bin/chromium")
-    ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
-    ap.add_argument("--screenshot", default=os.path.join(ROOT, "docs/label-page.png"))
+    ap.add_argument("--browser", choices=["chromium", "firefox"], default="chromium")
+    ap.add_argument("--binary", help="the browser (default /usr/bin/chromium or /usr/bin/firefox-esr)")
+    ap.add_argument("--driver", help="chromedriver or geckodriver (default /usr/bin/chromedriver or geckodriver on PATH)")
+    ap.add_argument("--screenshot", help="default docs/label-page.png for Chromium, none for Firefox")
     a = ap.parse_args()
+    chromium = a.browser == "chromium"
+    a.binary = a.binary or ("/usr/bin/chromium" if chromium else "/usr/bin/firefox-esr")
+    a.driver = a.driver or ("/usr/bin/chromedriver" if chromium else "geckodriver")
+    if a.screenshot is None and chromium:
+        a.screenshot = os.path.join(ROOT, "docs/label-page.png")
 
     work = tempfile.mkdtemp(prefix="psotune-label-browser-")
     prompts = os.path.join(work, "prompts.txt")
@@ -97,10 +109,10 @@ def main():
     line = server.stdout.readline()
     url = line.split("open ")[1].split()[0]
     dport = free_port()
-    driver_proc = subprocess.Popen([a.chromedriver, f"--port={dport}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver_proc = subprocess.Popen([a.driver, f"--port={dport}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait("chromedriver", lambda: socket.socket().connect_ex(("127.0.0.1", dport)) == 0, 30)
-        d = Driver(dport, a.chromium)
+        wait("the WebDriver server", lambda: socket.socket().connect_ex(("127.0.0.1", dport)) == 0, 30)
+        d = Driver(dport, a.browser, a.binary)
         d.s("POST", "/url", {"url": url})
         shown = lambda: d.js("return (typeof current !== 'undefined' && current && !busy) ? current : null")
         expected = []
@@ -113,7 +125,7 @@ def main():
                 d.key("1" if side == "left" else "2")
             expected.append((pair["id"], pair[side].lstrip("/")))
             wait("the next pair", lambda: (shown() or {}).get("id") not in (None, pair["id"]))
-            if i == 8:
+            if i == 8 and a.screenshot:
                 wait("the pair to load", lambda: d.js("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
                 png = base64.b64decode(d.s("GET", "/screenshot"))
                 os.makedirs(os.path.dirname(a.screenshot), exist_ok=True)
@@ -138,9 +150,9 @@ def main():
         lines = [json.loads(l) for l in f if l.strip()]
     got = [(l["pair"], l["chosen"]) for l in lines]
     assert got == expected, f"manifest {got}\nexpected {expected}"
-    print(f"ok: 10 pairs labelled in Chromium (5 clicks, 5 keys), one undone, reload kept the pair; "
-          f"pairs.jsonl holds the 9 expected choices; page fits 400 px; progress line: {status!r}; "
-          f"screenshot {os.path.relpath(a.screenshot, ROOT)}")
+    shot = f"; screenshot {os.path.relpath(a.screenshot, ROOT)}" if a.screenshot else ""
+    print(f"ok: 10 pairs labelled in {a.browser} (5 clicks, 5 keys), one undone, reload kept the pair; "
+          f"pairs.jsonl holds the 9 expected choices; page fits 400 px; progress line: {status!r}{shot}")
 
 
 if __name__ == "__main__":
