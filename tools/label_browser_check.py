@@ -114,7 +114,9 @@ def main():
         wait("the WebDriver server", lambda: socket.socket().connect_ex(("127.0.0.1", dport)) == 0, 30)
         d = Driver(dport, a.browser, a.binary)
         d.s("POST", "/url", {"url": url})
-        shown = lambda: d.js("return (typeof current !== 'undefined' && current && !busy) ? current : null")
+        # The page publishes the pair it shows on #pair's data- attributes.
+        shown = lambda: d.js("const p = document.getElementById('pair').dataset; "
+                             "return p.id && !p.busy ? {id: p.id, left: p.left, right: p.right} : null")
         expected = []
         for i in range(10):
             pair = wait("a pair", shown)

@@ -28,6 +28,17 @@ let current = null; // the pair shown
 let busy = false;   // a request is in flight: ignore input
 let pollTimer = null;
 
+// The pair shown and whether a request is in flight, also as data-
+// attributes of #pair, so that a WebDriver check can read them the same
+// way in every browser (script globals are not visible to Firefox's).
+function publish() {
+  const el = $("pair");
+  el.dataset.id = current ? current.id : "";
+  el.dataset.left = current ? current.left : "";
+  el.dataset.right = current ? current.right : "";
+  el.dataset.busy = busy ? "1" : "";
+}
+
 function setButtons(enabled) {
   for (const id of ["left", "right", "tie", "skip"]) $(id).disabled = !enabled;
 }
@@ -51,8 +62,10 @@ function show(answer) {
     }
     $("pair").hidden = false;
     setButtons(true);
+    publish();
   } else {
     current = null;
+    publish();
     $("pair").hidden = true;
     setButtons(false);
     if (answer.status === "done") {
@@ -70,6 +83,7 @@ function show(answer) {
 async function call(url, body) {
   if (busy) return;
   busy = true;
+  publish();
   try {
     const init = body
       ? { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) }
@@ -88,6 +102,7 @@ async function call(url, body) {
     pollTimer = setTimeout(load, 2000);
   } finally {
     busy = false;
+    publish();
   }
 }
 
