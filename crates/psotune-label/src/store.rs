@@ -279,7 +279,10 @@ impl Store {
         let (pref, label) = self.labels[pos].clone();
         let log = if pref { &mut self.pairs } else { &mut self.other };
         let line = label.to_line();
-        let index = log.lines.iter().rposition(|l| *l == line).expect("a recorded label has its line");
+        // A file edited by hand since it was opened may no longer hold the line.
+        let Some(index) = log.lines.iter().rposition(|l| *l == line) else {
+            return Err(Error::Session { path: log.path.clone(), msg: format!("the label of pair {} to undo is not in the file as written", label.pair) });
+        };
         log.remove(index)?;
         self.labels.remove(pos);
         Ok(Some(label))
