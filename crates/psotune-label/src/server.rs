@@ -120,7 +120,9 @@ impl App {
             match result {
                 Ok(()) => inner.board.mark_ready(idx),
                 Err(e) => {
-                    let _ = std::fs::remove_file(tmp_path(&self.dir.join(spec.image('a'))));
+                    for side in ['a', 'b'] {
+                        let _ = std::fs::remove_file(tmp_path(&self.dir.join(spec.image(side))));
+                    }
                     inner.render_error = Some(format!("sampling {:?} failed: {e}", spec.prompt));
                     return Err(e);
                 }

@@ -236,7 +236,7 @@ pub struct Store {
     pairs: Log,
     other: Log,
     /// Every label, in the order written (both files).
-    labels: Vec<(bool, Label)>,
+    labels: Vec<Label>,
 }
 
 impl Store {
@@ -250,34 +250,41 @@ impl Store {
         for (log, pref) in [(&pairs, true), (&other, false)] {
             for (i, raw) in log.lines.iter().enumerate() {
                 let label = Label::parse(raw, pref).map_err(|msg| Error::Line { path: log.path.clone(), line: i + 1, msg })?;
-                labels.push((pref, label));
+                labels.push(label);
             }
         }
         // Both files in time order (RFC 3339 UTC strings sort as times).
-        labels.sort_by(|a, b| a.1.time.cmp(&b.1.time));
+        labels.sort_by(|a, b| a.time.cmp(&b.time));
         Ok(Self { pairs, other, labels })
     }
 
     pub fn labels(&self) -> impl Iterator<Item = &Label> {
-        self.labels.iter().map(|(_, l)| l)
+        self.labels.iter()
+    }
+
+    /// The file a label belongs in: preferences in pairs.jsonl, ties and skips in other.jsonl.
+    fn log_of(&mut self, label: &Label) -> &mut Log {
+        if label.is_preference() {
+            &mut self.pairs
+        } else {
+            &mut self.other
+        }
     }
 
     /// Append `label` to its file and fsync it.
     pub fn record(&mut self, label: Label) -> Result<()> {
-        let pref = label.is_preference();
-        let log = if pref { &mut self.pairs } else { &mut self.other };
-        log.append(label.to_line())?;
-        self.labels.push((pref, label));
+        self.log_of(&label).append(label.to_line())?;
+        self.labels.push(label);
         Ok(())
     }
 
     /// Take back `session`'s most recent label; returns it.
     pub fn undo(&mut self, session: &str) -> Result<Option<Label>> {
-        let Some(pos) = self.labels.iter().rposition(|(_, l)| l.session == session) else {
+        let Some(pos) = self.labels.iter().rposition(|l| l.session == session) else {
             return Ok(None);
         };
-        let (pref, label) = self.labels[pos].clone();
-        let log = if pref { &mut self.pairs } else { &mut self.other };
+        let label = self.labels[pos].clone();
+        let log = self.log_of(&label);
         let line = label.to_line();
         // A file edited by hand since it was opened may no longer hold the line.
         let Some(index) = log.lines.iter().rposition(|l| *l == line) else {
