@@ -11,61 +11,21 @@ mean luminance, 0.2126 R + 0.7152 G + 0.0722 B over all pixels).
 import argparse
 import json
 import os
-import struct
 import sys
 import time
 import urllib.request
 import uuid
-import zlib
 
-
-def png_pixels(data):
-    """(width, height, channels, rows of bytes) of an 8-bit, non-interlaced PNG."""
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    pos, idat, head = 8, b"", None
-    while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + n]
-        pos += 12 + n
-        if kind == b"IHDR":
-            head = struct.unpack(">IIBBBBB", chunk)
-        elif kind == b"IDAT":
-            idat += chunk
-        elif kind == b"IEND":
-            break
-    w, h, depth, color, _, _, interlace = head
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color]
-    if depth != 8 or interlace:
-        raise ValueError("only 8-bit non-interlaced PNGs")
-    raw, stride, rows, prev = zlib.decompress(idat), w * channels, [], bytearray(w * channels)
-    for y in range(h):
-        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - channels] if i >= channels else 0
-            b, c = prev[i], prev[i - channels] if i >= channels else 0
-            if f == 1:
-                line[i] = (line[i] + a) & 255
-            elif f == 2:
-                line[i] = (line[i] + b) & 255
-            elif f == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif f == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        rows.append(line)
-        prev = line
-    return w, h, channels, rows
+# The standard-library PNG decoder of the command-reward test scorer.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "crates/psotune-cli/tests/scorers"))
+from colourfulness import decode_png  # noqa: E402
 
 
 def brightness(data):
-    w, h, ch, rows = png_pixels(data)
+    w, h, px = decode_png(data)
     total = 0.0
-    for row in rows:
-        for x in range(w):
-            px = row[x * ch:(x + 1) * ch]
-            total += px[0] if ch < 3 else 0.2126 * px[0] + 0.7152 * px[1] + 0.0722 * px[2]
+    for k in range(0, 3 * w * h, 3):
+        total += 0.2126 * px[k] + 0.7152 * px[k + 1] + 0.0722 * px[k + 2]
     return total / (w * h * 255.0)
 
 

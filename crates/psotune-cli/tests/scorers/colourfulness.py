@@ -24,7 +24,12 @@ import zlib
 def read_png(path):
     """(width, height, RGB bytes) of an 8-bit RGB, non-interlaced PNG."""
     with open(path, "rb") as f:
-        data = f.read()
+        return decode_png(f.read(), path)
+
+
+def decode_png(data, path="image"):
+    """(width, height, RGB bytes) of the bytes of an 8-bit RGB, non-interlaced
+    PNG (what psotune writes; tools/label_by_rule.py uses it too)."""
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         raise ValueError(f"{path}: not a PNG")
     pos, idat, head = 8, b"", None
