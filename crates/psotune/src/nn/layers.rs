@@ -35,16 +35,21 @@ impl Linear {
 /// candle's matmul would compute and throw away.
 pub(crate) fn matmul_last(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let frozen = !weight.track_op() && weight.rank() == 2;
-    let product = |x2: &Tensor| if frozen { ops::matmul_frozen_weight(x2, weight) } else { x2.matmul(&weight.t()?) };
+    over_last_dim(x, weight.dim(0)?, |x2| if frozen { ops::matmul_frozen_weight(x2, weight) } else { x2.matmul(&weight.t()?) })
+}
+
+/// `f` of `x` flattened to [rows, last], with the result's last dimension
+/// (`out`) put back in place of x's.
+fn over_last_dim(x: &Tensor, out: usize, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     match x.rank() {
-        2 => product(x),
+        2 => f(x),
         _ => {
             let dims = x.dims();
             let last = dims[dims.len() - 1];
             let rows: usize = dims[..dims.len() - 1].iter().product();
-            let y = product(&x.reshape((rows, last))?)?;
+            let y = f(&x.reshape((rows, last))?)?;
             let mut out_dims = dims[..dims.len() - 1].to_vec();
-            out_dims.push(weight.dim(0)?);
+            out_dims.push(out);
             y.reshape(out_dims)
         }
     }
@@ -52,10 +57,13 @@ pub(crate) fn matmul_last(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = matmul_last(x, &self.weight)?;
+        // A frozen weight and bias (LoRA training, every reference pass,
+        // sampling) take one op with the bias as the product's start.
+        let frozen = !self.weight.track_op() && self.weight.rank() == 2 && self.bias.as_ref().is_none_or(|b| !b.track_op());
         let y = match &self.bias {
-            Some(b) => ops::bias_add_last(&y, b)?,
-            None => y,
+            Some(b) if frozen => over_last_dim(x, self.weight.dim(0)?, |x2| ops::linear_frozen(x2, &self.weight, Some(b)))?,
+            Some(b) => ops::bias_add_last(&matmul_last(x, &self.weight)?, b)?,
+            None => matmul_last(x, &self.weight)?,
         };
         // Switched off, the adapter is skipped entirely: the output is the
         // base layer's bit for bit (the PSO reference forward), unless the

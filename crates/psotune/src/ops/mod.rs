@@ -26,7 +26,7 @@ pub use activation::{gelu_erf, quick_gelu, silu};
 pub use bias::bias_add_last;
 pub use checkpoint::checkpoint;
 pub use conv::{conv2d, conv2d_bias};
-pub use frozen_linear::matmul_frozen_weight;
+pub use frozen_linear::{linear_frozen, matmul_frozen_weight};
 pub use group_norm_fused::{group_norm_fused, group_norm_silu};
 pub use attention::{attention, attention_with_limit, ATTENTION_CHUNK_ELEMS};
 pub use attention_heads::{attention_heads, attention_heads_with_limit};

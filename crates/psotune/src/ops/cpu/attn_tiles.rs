@@ -34,58 +34,81 @@ pub fn key_stride(cols: usize) -> usize {
 
 /// s[i][j] = sum_{c < depth} a[i lda + c] bt[c ldb + j] for i < rows and
 /// j < cols (a multiple of [`KEY_BLOCK`]); `s` has row stride `lds`.
+/// Tiles of 8 rows x 2 vectors where the lane type keeps 16 sums, of
+/// `V::ACC` rows x 1 vector otherwise (see [`Lanes::ACC`]).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn scores<T: Real, V: Lanes<T>>(s: &mut [T], lds: usize, a: &[T], lda: usize, rows: usize, depth: usize, bt: &[T], ldb: usize, cols: usize) {
+    let args = ScoreArgs { s, lds, a, lda, depth, bt, ldb, cols };
+    if V::ACC >= 16 {
+        score_rows::<T, V, 8, 2>(args, rows);
+    } else if V::ACC >= 6 {
+        score_rows::<T, V, 6, 1>(args, rows);
+    } else {
+        score_rows::<T, V, 3, 1>(args, rows);
+    }
+}
+
+/// The operands of [`scores`].
+struct ScoreArgs<'a, T> {
+    s: &'a mut [T],
+    lds: usize,
+    a: &'a [T],
+    lda: usize,
+    depth: usize,
+    bt: &'a [T],
+    ldb: usize,
+    cols: usize,
+}
+
+/// Every row of [`scores`] in tiles of R rows, the leftover rows in tiles
+/// of 4, 2 and 1 (a 1-row tile is several times slower per score).
+#[inline(always)]
+fn score_rows<T: Real, V: Lanes<T>, const R: usize, const KB: usize>(mut x: ScoreArgs<T>, rows: usize) {
     let mut i = 0;
-    while i + 8 <= rows {
-        score_tile::<T, V, 8>(s, lds, a, lda, i, depth, bt, ldb, cols);
-        i += 8;
+    while i + R <= rows {
+        score_tile::<T, V, R, KB>(&mut x, i);
+        i += R;
+    }
+    if R > 4 && i + 4 <= rows {
+        score_tile::<T, V, 4, KB>(&mut x, i);
+        i += 4;
+    }
+    if R > 2 && i + 2 <= rows {
+        score_tile::<T, V, 2, KB>(&mut x, i);
+        i += 2;
     }
     while i < rows {
-        score_tile::<T, V, 1>(s, lds, a, lda, i, depth, bt, ldb, cols);
+        score_tile::<T, V, 1, KB>(&mut x, i);
         i += 1;
     }
 }
 
+/// Rows i0..i0 + R of [`scores`], KB vectors of keys at a time.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn score_tile<T: Real, V: Lanes<T>, const R: usize>(
-    s: &mut [T],
-    lds: usize,
-    a: &[T],
-    lda: usize,
-    i0: usize,
-    depth: usize,
-    bt: &[T],
-    ldb: usize,
-    cols: usize,
-) {
+fn score_tile<T: Real, V: Lanes<T>, const R: usize, const KB: usize>(x: &mut ScoreArgs<T>, i0: usize) {
+    let (depth, ldb, lds) = (x.depth, x.ldb, x.lds);
     // Explicit loops, not `array::from_fn`: its closure is not inlined into
     // the SIMD builds (see `load_group`).
     let mut arows: [&[T]; R] = [&[]; R];
     for (r, row) in arows.iter_mut().enumerate() {
-        *row = &a[(i0 + r) * lda..][..depth];
+        *row = &x.a[(i0 + r) * x.lda..][..depth];
     }
-    for j0 in (0..cols).step_by(KEY_BLOCK) {
-        let mut acc = [[V::zero(); 2]; R];
+    for j0 in (0..x.cols).step_by(KB * LANES) {
+        let mut acc = [[V::zero(); KB]; R];
         for c in 0..depth {
-            let b = &bt[c * ldb + j0..][..KEY_BLOCK];
-            let (b0, b1) = (V::load(b), V::load(&b[LANES..]));
+            let b: [V; KB] = load_group(&x.bt[c * ldb + j0..][..KB * LANES]);
             for (accr, ar) in acc.iter_mut().zip(&arows) {
                 // SAFETY: c < depth == ar.len(). The checked index costs a
                 // compare and branch per FMA pair: the row slices are spilled
                 // to the stack and their lengths reloaded.
-                let x = V::splat(unsafe { *ar.get_unchecked(c) });
-                accr[0] = accr[0].mul_add(x, b0);
-                accr[1] = accr[1].mul_add(x, b1);
+                let v = V::splat(unsafe { *ar.get_unchecked(c) });
+                for (o, &bv) in accr.iter_mut().zip(&b) {
+                    *o = o.mul_add(v, bv);
+                }
             }
         }
-        for (r, accr) in acc.iter().enumerate() {
-            let dst = &mut s[(i0 + r) * lds + j0..][..KEY_BLOCK];
-            accr[0].store(dst);
-            accr[1].store(&mut dst[LANES..]);
-        }
+        store_tile(&acc, x.s, lds, i0, j0);
     }
 }
 
@@ -94,7 +117,7 @@ fn score_tile<T: Real, V: Lanes<T>, const R: usize>(
 /// multiple of [`LANES`]; `out` has row stride `w`).
 #[inline(always)]
 pub fn weighted_rows<T: Real, V: Lanes<T>>(out: &mut [T], p: &[T], ldp: usize, rows: usize, n: usize, y: &[T], w: usize) {
-    tile_columns(&mut Weighted::<T, V> { out, p, ldp, n, y, w, lanes: PhantomData }, rows, w);
+    tile_columns::<T, V, _>(&mut Weighted::<T, V> { out, p, ldp, n, y, w, lanes: PhantomData }, rows, w);
 }
 
 /// out[j][..w] += sum_{i < rows} p[i ldp + j] x[i w..][..w] for j < n:
@@ -102,7 +125,7 @@ pub fn weighted_rows<T: Real, V: Lanes<T>>(out: &mut [T], p: &[T], ldp: usize, r
 /// multiple of [`LANES`]).
 #[inline(always)]
 pub fn add_transposed<T: Real, V: Lanes<T>>(out: &mut [T], p: &[T], ldp: usize, rows: usize, n: usize, x: &[T], w: usize) {
-    tile_columns(&mut Transposed::<T, V> { out, p, ldp, rows, x, w, lanes: PhantomData }, n, w);
+    tile_columns::<T, V, _>(&mut Transposed::<T, V> { out, p, ldp, rows, x, w, lanes: PhantomData }, n, w);
 }
 
 /// A product whose output (`lines` lines of `w` columns) is computed in
@@ -112,15 +135,20 @@ trait ColumnTiles {
     fn tile<const R: usize, const G: usize>(&mut self, line0: usize, c0: usize);
 }
 
-/// Every tile of a [`ColumnTiles`] product: columns in groups of 4, 2, then
-/// 1 vectors (4, 6 and 8 lines per tile: at most 16 sums in registers),
-/// leftover lines one at a time.
+/// Every tile of a [`ColumnTiles`] product. Where the lane type keeps 16
+/// sums: columns in groups of 4, 2, then 1 vectors (4, 6 and 8 lines per
+/// tile). Otherwise one vector of columns by `V::ACC` lines: the loaded
+/// vectors of a wider group would not fit beside the sums.
 #[inline(always)]
-fn tile_columns<K: ColumnTiles>(k: &mut K, lines: usize, w: usize) {
+fn tile_columns<T: Real, V: Lanes<T>, K: ColumnTiles>(k: &mut K, lines: usize, w: usize) {
     let mut c0 = 0;
     while c0 < w {
         let left = (w - c0) / LANES;
-        c0 += if left >= 4 {
+        c0 += if V::ACC < 6 {
+            tile_lines::<K, 3, 1>(k, lines, c0)
+        } else if V::ACC < 16 {
+            tile_lines::<K, 6, 1>(k, lines, c0)
+        } else if left >= 4 {
             tile_lines::<K, 4, 4>(k, lines, c0)
         } else if left >= 2 {
             tile_lines::<K, 6, 2>(k, lines, c0)
@@ -130,13 +158,22 @@ fn tile_columns<K: ColumnTiles>(k: &mut K, lines: usize, w: usize) {
     }
 }
 
-/// The tiles of one column group; returns its width.
+/// The tiles of one column group, leftover lines in tiles of 4, 2 and 1;
+/// returns the group's width.
 #[inline(always)]
 fn tile_lines<K: ColumnTiles, const R: usize, const G: usize>(k: &mut K, lines: usize, c0: usize) -> usize {
     let mut i = 0;
     while i + R <= lines {
         k.tile::<R, G>(i, c0);
         i += R;
+    }
+    if R > 4 && i + 4 <= lines {
+        k.tile::<4, G>(i, c0);
+        i += 4;
+    }
+    if R > 2 && i + 2 <= lines {
+        k.tile::<2, G>(i, c0);
+        i += 2;
     }
     while i < lines {
         k.tile::<1, G>(i, c0);

@@ -3,6 +3,49 @@ use crate::ops::cpu::lanes::Plain;
 
 type P = Plain<f64>;
 
+/// Plain f64 lanes that ask for the tile shapes of a lane type keeping `N`
+/// sums: 16 (AVX-512's shapes), 6 (AVX2's) and 3 (the portable path's), so
+/// that each shape is checked on any CPU.
+#[derive(Clone, Copy)]
+struct Shaped<const N: usize>(P);
+
+impl<const N: usize> Lanes<f64> for Shaped<N> {
+    const ACC: usize = N;
+    fn zero() -> Self {
+        Shaped(P::zero())
+    }
+    fn splat(x: f64) -> Self {
+        Shaped(P::splat(x))
+    }
+    fn load(s: &[f64]) -> Self {
+        Shaped(P::load(s))
+    }
+    fn store(self, s: &mut [f64]) {
+        self.0.store(s)
+    }
+    fn mul_add(self, x: Self, y: Self) -> Self {
+        Shaped(self.0.mul_add(x.0, y.0))
+    }
+    fn mul(self, x: Self) -> Self {
+        Shaped(self.0.mul(x.0))
+    }
+    fn add(self, x: Self) -> Self {
+        Shaped(self.0.add(x.0))
+    }
+    fn max(self, x: Self) -> Self {
+        Shaped(self.0.max(x.0))
+    }
+    fn sum(self) -> f64 {
+        self.0.sum()
+    }
+    fn hmax(self) -> f64 {
+        self.0.hmax()
+    }
+    fn exp(self) -> Self {
+        Shaped(self.0.exp())
+    }
+}
+
 fn vals(n: usize, seed: usize) -> Vec<f64> {
     (0..n).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f64 / 1001.0) - 1.0).collect()
 }
@@ -16,8 +59,15 @@ fn close(got: &[f64], want: &[f64], what: &str) {
 
 #[test]
 fn scores_equal_the_plain_product() {
-    // Row counts around the 8-row tile; depths 1, 16 and 24; 2 key blocks.
-    for (rows, depth) in [(1, 16), (8, 24), (13, 1), (17, 16)] {
+    scores_case::<Shaped<16>>();
+    scores_case::<Shaped<6>>();
+    scores_case::<Shaped<3>>();
+}
+
+fn scores_case<V: Lanes<f64>>() {
+    // Row counts around the 8-, 6- and 3-row tiles and their leftovers of
+    // 4, 2 and 1; depths 1, 16 and 24; 2 key blocks.
+    for (rows, depth) in [(1, 16), (8, 24), (13, 1), (17, 16), (7, 16), (11, 24), (6, 1)] {
         let (lda, ldb) = (depth + 3, 2 * KEY_BLOCK);
         let (a, bt) = (vals(rows * lda, 1), vals(depth * ldb, 2));
         let mut want = vec![0.0; rows * ldb];
@@ -29,17 +79,23 @@ fn scores_equal_the_plain_product() {
         // Output rows one vector longer than the keys (`key_stride`).
         let lds = key_stride(ldb);
         let mut got = vec![f64::NAN; rows * lds];
-        scores::<f64, P>(&mut got, lds, &a, lda, rows, depth, &bt, ldb, ldb);
+        scores::<f64, V>(&mut got, lds, &a, lda, rows, depth, &bt, ldb, ldb);
         let got: Vec<f64> = got.chunks(lds).flat_map(|r| r[..ldb].to_vec()).collect();
-        close(&got, &want, &format!("scores {rows}x{depth}"));
+        close(&got, &want, &format!("scores {rows}x{depth}, {} sums", V::ACC));
     }
 }
 
 #[test]
 fn weighted_and_transposed_products_equal_the_plain_ones() {
+    products_case::<Shaped<16>>();
+    products_case::<Shaped<6>>();
+    products_case::<Shaped<3>>();
+}
+
+fn products_case<V: Lanes<f64>>() {
     // Widths of 1, 2, 3 (a 2-chunk group, then a 1-chunk one), 4 and 6 chunks;
     // row and key counts around the tiles.
-    for (rows, n, chunks) in [(1, 1, 1), (9, 7, 2), (8, 77, 3), (5, 33, 4), (11, 10, 6)] {
+    for (rows, n, chunks) in [(1, 1, 1), (9, 7, 2), (8, 77, 3), (5, 33, 4), (11, 10, 6), (13, 17, 1)] {
         let (w, ldp) = (chunks * LANES, n + 5);
         let (p, y) = (vals(rows * ldp, 3), vals(n.max(rows) * w, 4));
         let mut want = vec![0.0; rows * w];
@@ -49,8 +105,8 @@ fn weighted_and_transposed_products_equal_the_plain_ones() {
             }
         }
         let mut got = vec![f64::NAN; rows * w];
-        weighted_rows::<f64, P>(&mut got, &p, ldp, rows, n, &y, w);
-        close(&got, &want, &format!("weighted {rows}x{n}x{w}"));
+        weighted_rows::<f64, V>(&mut got, &p, ldp, rows, n, &y, w);
+        close(&got, &want, &format!("weighted {rows}x{n}x{w}, {} sums", V::ACC));
 
         let start = vals(n * w, 5);
         let mut want = start.clone();
@@ -60,8 +116,8 @@ fn weighted_and_transposed_products_equal_the_plain_ones() {
             }
         }
         let mut got = start.clone();
-        add_transposed::<f64, P>(&mut got, &p, ldp, rows, n, &y, w);
-        close(&got, &want, &format!("transposed {rows}x{n}x{w}"));
+        add_transposed::<f64, V>(&mut got, &p, ldp, rows, n, &y, w);
+        close(&got, &want, &format!("transposed {rows}x{n}x{w}, {} sums", V::ACC));
     }
 }
 

@@ -18,6 +18,14 @@ use super::real::Real;
 pub const WIDTH: usize = 16;
 
 pub trait Lanes<T: Real>: Copy {
+    /// How many values of this type a register tile may keep as sums: the
+    /// tiles of `attn_tiles` pick their shape from it, so that the sums, the
+    /// loaded operands and a broadcast all stay in registers. AVX-512 has
+    /// 32 zmm registers of 16 lanes (16 sums); AVX2 has 16 ymm registers of
+    /// 8, so a value takes two and 6 sums (12 registers) is the most that
+    /// leaves room for the operands: tiles sized for AVX-512 spilled there
+    /// and ran at the portable path's speed per lane.
+    const ACC: usize;
     fn zero() -> Self;
     fn splat(x: T) -> Self;
     /// The first [`WIDTH`] elements of `s` (panics if it is shorter).
@@ -43,6 +51,8 @@ pub trait Lanes<T: Real>: Copy {
 pub struct Plain<T>([T; WIDTH]);
 
 impl<T: Real> Lanes<T> for Plain<T> {
+    /// 16 lanes are four SSE (or NEON) registers: 3 sums take 12 of 16.
+    const ACC: usize = 3;
     #[inline(always)]
     fn zero() -> Self {
         Plain([T::zero(); WIDTH])
@@ -128,6 +138,7 @@ mod x86 {
     pub struct Avx512(__m512);
 
     impl Lanes<f32> for Avx512 {
+        const ACC: usize = 16;
         #[inline(always)]
         fn zero() -> Self {
             // SAFETY: see the module's contract (AVX-512F detected).
@@ -204,6 +215,7 @@ mod x86 {
     pub struct Avx2(__m256, __m256);
 
     impl Lanes<f32> for Avx2 {
+        const ACC: usize = 6;
         #[inline(always)]
         fn zero() -> Self {
             // SAFETY: see the module's contract (AVX2 + FMA detected).

@@ -118,6 +118,33 @@ fn frozen_weight_linear_matches_matmul_and_gives_only_the_input_gradient() {
 }
 
 #[test]
+fn frozen_linear_with_bias_matches_the_composed_layer() {
+    use crate::ops::linear_frozen;
+    // 300 rows: the gemm splits them over threads; k = 300 crosses a
+    // reduction block, where the bias-as-start order differs most.
+    let (x, w, b) = (det(&[300, 300], 24), det(&[40, 300], 25), det(&[40], 26));
+    for dt in [DType::F64, DType::F32] {
+        let c = |t: &Tensor| t.to_dtype(dt).unwrap();
+        let got = linear_frozen(&c(&x), &c(&w), Some(&c(&b))).unwrap();
+        let want = c(&x).matmul(&c(&w).t().unwrap()).unwrap().broadcast_add(&c(&b)).unwrap();
+        let tol = if dt == DType::F64 { 1e-12 } else { 1e-4 };
+        assert!(max_diff(&got, &want) < tol, "{dt:?}: {}", max_diff(&got, &want));
+    }
+    // The input's gradient by finite differences; weight and bias constant.
+    let (wc, bc) = (w.narrow(1, 0, 6).unwrap(), b.clone());
+    assert_grads(&[det(&[5, 6], 27)], move |t| linear_frozen(&t[0], &wc, Some(&bc)));
+    // Through a graph: only x gets a gradient, the same as the composed one's.
+    let xv = Var::from_tensor(&x).unwrap();
+    let store = project(&linear_frozen(xv.as_tensor(), &w, Some(&b)).unwrap(), 3).unwrap().backward().unwrap();
+    let plain = project(&xv.as_tensor().matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap(), 3).unwrap().backward().unwrap();
+    assert!(max_diff(store.get(xv.as_tensor()).unwrap(), plain.get(xv.as_tensor()).unwrap()) < 1e-12);
+    assert!(store.get(&w).is_none() && store.get(&b).is_none(), "a frozen operand got a gradient");
+    // A bias of the wrong size names both shapes.
+    let err = linear_frozen(&x, &w, Some(&det(&[39], 1))).unwrap_err().to_string();
+    assert!(err.contains("[39]") && err.contains("[40, 300]"), "{err}");
+}
+
+#[test]
 fn fused_geglu_f32_gradients_match_f64() {
     // The f32 rows run the libm-free erf/exp; their gradient is the f64
     // one to f32 accuracy.
