@@ -39,18 +39,18 @@ pub fn key_stride(cols: usize) -> usize {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn scores<T: Real, V: Lanes<T>>(s: &mut [T], lds: usize, a: &[T], lda: usize, rows: usize, depth: usize, bt: &[T], ldb: usize, cols: usize) {
-    let args = ScoreArgs { s, lds, a, lda, depth, bt, ldb, cols };
+    let mut x = ScoreArgs::<T, V> { s, lds, a, lda, depth, bt, ldb, cols, lanes: PhantomData };
     if V::ACC >= 16 {
-        score_rows::<T, V, 8, 2>(args, rows);
+        tile_lines::<_, 8, 2>(&mut x, rows, 0);
     } else if V::ACC >= 6 {
-        score_rows::<T, V, 6, 1>(args, rows);
+        tile_lines::<_, 6, 1>(&mut x, rows, 0);
     } else {
-        score_rows::<T, V, 3, 1>(args, rows);
+        tile_lines::<_, 3, 1>(&mut x, rows, 0);
     }
 }
 
 /// The operands of [`scores`].
-struct ScoreArgs<'a, T> {
+struct ScoreArgs<'a, T, V> {
     s: &'a mut [T],
     lds: usize,
     a: &'a [T],
@@ -59,56 +59,38 @@ struct ScoreArgs<'a, T> {
     bt: &'a [T],
     ldb: usize,
     cols: usize,
+    lanes: PhantomData<V>,
 }
 
-/// Every row of [`scores`] in tiles of R rows, the leftover rows in tiles
-/// of 4, 2 and 1 (a 1-row tile is several times slower per score).
-#[inline(always)]
-fn score_rows<T: Real, V: Lanes<T>, const R: usize, const KB: usize>(mut x: ScoreArgs<T>, rows: usize) {
-    let mut i = 0;
-    while i + R <= rows {
-        score_tile::<T, V, R, KB>(&mut x, i);
-        i += R;
-    }
-    if R > 4 && i + 4 <= rows {
-        score_tile::<T, V, 4, KB>(&mut x, i);
-        i += 4;
-    }
-    if R > 2 && i + 2 <= rows {
-        score_tile::<T, V, 2, KB>(&mut x, i);
-        i += 2;
-    }
-    while i < rows {
-        score_tile::<T, V, 1, KB>(&mut x, i);
-        i += 1;
-    }
-}
-
-/// Rows i0..i0 + R of [`scores`], KB vectors of keys at a time.
-#[inline(always)]
-fn score_tile<T: Real, V: Lanes<T>, const R: usize, const KB: usize>(x: &mut ScoreArgs<T>, i0: usize) {
-    let (depth, ldb, lds) = (x.depth, x.ldb, x.lds);
-    // Explicit loops, not `array::from_fn`: its closure is not inlined into
-    // the SIMD builds (see `load_group`).
-    let mut arows: [&[T]; R] = [&[]; R];
-    for (r, row) in arows.iter_mut().enumerate() {
-        *row = &x.a[(i0 + r) * x.lda..][..depth];
-    }
-    for j0 in (0..x.cols).step_by(KB * LANES) {
-        let mut acc = [[V::zero(); KB]; R];
-        for c in 0..depth {
-            let b: [V; KB] = load_group(&x.bt[c * ldb + j0..][..KB * LANES]);
-            for (accr, ar) in acc.iter_mut().zip(&arows) {
-                // SAFETY: c < depth == ar.len(). The checked index costs a
-                // compare and branch per FMA pair: the row slices are spilled
-                // to the stack and their lengths reloaded.
-                let v = V::splat(unsafe { *ar.get_unchecked(c) });
-                for (o, &bv) in accr.iter_mut().zip(&b) {
-                    *o = o.mul_add(v, bv);
+impl<T: Real, V: Lanes<T>> ColumnTiles for ScoreArgs<'_, T, V> {
+    /// Rows i0..i0 + R of [`scores`] over every key, KB vectors of keys at
+    /// a time (the rows' operands stay put while the keys stream by; `c0`
+    /// is always 0).
+    #[inline(always)]
+    fn tile<const R: usize, const KB: usize>(&mut self, i0: usize, _c0: usize) {
+        let (depth, ldb, lds) = (self.depth, self.ldb, self.lds);
+        // Explicit loops, not `array::from_fn`: its closure is not inlined into
+        // the SIMD builds (see `load_group`).
+        let mut arows: [&[T]; R] = [&[]; R];
+        for (r, row) in arows.iter_mut().enumerate() {
+            *row = &self.a[(i0 + r) * self.lda..][..depth];
+        }
+        for j0 in (0..self.cols).step_by(KB * LANES) {
+            let mut acc = [[V::zero(); KB]; R];
+            for c in 0..depth {
+                let b: [V; KB] = load_group(&self.bt[c * ldb + j0..][..KB * LANES]);
+                for (accr, ar) in acc.iter_mut().zip(&arows) {
+                    // SAFETY: c < depth == ar.len(). The checked index costs a
+                    // compare and branch per FMA pair: the row slices are spilled
+                    // to the stack and their lengths reloaded.
+                    let v = V::splat(unsafe { *ar.get_unchecked(c) });
+                    for (o, &bv) in accr.iter_mut().zip(&b) {
+                        *o = o.mul_add(v, bv);
+                    }
                 }
             }
+            store_tile(&acc, self.s, lds, i0, j0);
         }
-        store_tile(&acc, x.s, lds, i0, j0);
     }
 }
 
