@@ -283,6 +283,22 @@ impl Plan {
     }
 }
 
+/// The products' starting value, [images, channels, n]: `bias[c]` in each
+/// channel's row, or zeros. Written once (a zeroed buffer then filled with
+/// the bias wrote the output twice).
+fn start_value<T: WithDType>(bias: Option<&[T]>, images: usize, channels: usize, n: usize) -> Vec<T> {
+    let Some(bias) = bias else {
+        return vec![T::zero(); images * channels * n];
+    };
+    let mut y = Vec::with_capacity(images * channels * n);
+    for _ in 0..images {
+        for &v in &bias[..channels] {
+            y.resize(y.len() + n, v);
+        }
+    }
+    y
+}
+
 /// The convolution of all images, plus `bias` per output channel if given
 /// (written first, then accumulated onto by the products).
 fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
@@ -291,15 +307,10 @@ fn forward<T: WithDType>(g: &ConvGeom, col_chunk: usize, x: &[T], w: &[T], bias:
     if plan.group > 1 {
         return forward_grouped(g, &plan, x, w, bias);
     }
-    let mut y = vec![T::zero(); g.batch * g.cout * n];
+    let mut y = start_value(bias, g.batch, g.cout, n);
     let wm = Mat::rows(w, g.cout, k, k);
     plan.each_image(&mut y, g.cout * n, |b, yb| {
         let xb = &x[b * g.in_len()..(b + 1) * g.in_len()];
-        if let Some(bias) = bias {
-            for (row, &v) in yb.chunks_mut(n).zip(bias) {
-                row.fill(v);
-            }
-        }
         let acc = bias.is_some();
         if g.is_pointwise() {
             matmul(yb, n, wm, Mat::rows(xb, k, n, n), acc, plan.gemm_threads());
@@ -446,12 +457,7 @@ fn forward_grouped<T: WithDType>(g: &ConvGeom, plan: &Plan, x: &[T], w: &[T], bi
         let imgs = yu.len() / unit;
         let cols = imgs * n;
         let col = group_columns(g, plan.simd, x, u * plan.group, imgs);
-        let mut out = vec![T::zero(); g.cout * cols];
-        if let Some(bias) = bias {
-            for (row, &v) in out.chunks_mut(cols).zip(bias) {
-                row.fill(v);
-            }
-        }
+        let mut out = start_value(bias, 1, g.cout, cols);
         matmul(&mut out, cols, wm, Mat::rows(&col, k, cols, cols), bias.is_some(), plan.gemm_threads());
         scatter(&out, imgs, g.cout, n, yu);
     });
