@@ -92,7 +92,6 @@ fn bad_input_gives_a_clear_error_and_nonzero_exit() {
         (vec!["--model".into(), model.to_str().unwrap().into(), "--timesteps".into(), "5,10".into()], "decrease"),
         (vec!["--model".into(), model.to_str().unwrap().into(), "--width".into(), "15".into()], "multiple"),
         (vec!["--model".into(), model.to_str().unwrap().into(), "--dtype".into(), "f8".into()], "--dtype"),
-        (vec!["--model".into(), model.to_str().unwrap().into(), "--dtype".into(), "bf16".into()], "bf16"),
         (vec!["--model".into(), model.to_str().unwrap().into(), "--init-latents".into(), "/nonexistent.st".into()], "/nonexistent.st"),
     ];
     for (extra, needle) in cases {

@@ -5,7 +5,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::lora::Lora;
+use super::lora::{in_dtype, Lora};
 use crate::ops;
 
 /// `torch.nn.Linear`: y = x W^T + b, over the last dimension of any rank.
@@ -57,13 +57,16 @@ fn over_last_dim(x: &Tensor, out: usize, f: impl Fn(&Tensor) -> Result<Tensor>) 
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Trained weights of a half-precision model are f32 masters,
+        // computed with in the activations' dtype (a no-op otherwise).
+        let (weight, bias) = (in_dtype(&self.weight, x.dtype())?, self.bias.as_ref().map(|b| in_dtype(b, x.dtype())).transpose()?);
         // A frozen weight and bias (LoRA training, every reference pass,
         // sampling) take one op with the bias as the product's start.
-        let frozen = !self.weight.track_op() && self.weight.rank() == 2 && self.bias.as_ref().is_none_or(|b| !b.track_op());
-        let y = match &self.bias {
-            Some(b) if frozen => over_last_dim(x, self.weight.dim(0)?, |x2| ops::linear_frozen(x2, &self.weight, Some(b)))?,
-            Some(b) => ops::bias_add_last(&matmul_last(x, &self.weight)?, b)?,
-            None => matmul_last(x, &self.weight)?,
+        let frozen = !weight.track_op() && weight.rank() == 2 && bias.as_ref().is_none_or(|b| !b.track_op());
+        let y = match &bias {
+            Some(b) if frozen => over_last_dim(x, weight.dim(0)?, |x2| ops::linear_frozen(x2, &weight, Some(b)))?,
+            Some(b) => ops::bias_add_last(&matmul_last(x, &weight)?, b)?,
+            None => matmul_last(x, &weight)?,
         };
         // Switched off, the adapter is skipped entirely: the output is the
         // base layer's bit for bit (the PSO reference forward), unless the
@@ -100,7 +103,9 @@ impl Conv2d {
 
 impl ConvKernel for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::conv2d_bias(x, &self.weight, self.bias.as_ref(), self.stride, self.padding)
+        // f32 master weights of a half-precision model, cast (see Linear).
+        let (weight, bias) = (in_dtype(&self.weight, x.dtype())?, self.bias.as_ref().map(|b| in_dtype(b, x.dtype())).transpose()?);
+        ops::conv2d_bias(x, &weight, bias.as_ref(), self.stride, self.padding)
     }
 }
 

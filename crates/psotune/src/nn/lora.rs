@@ -135,31 +135,38 @@ impl Lora {
         self.switch.enabled()
     }
 
-    /// The factors the layer adds now: the trained ones with the switch
-    /// on, the anchor (or none) with it off.
-    fn factors(&self) -> Option<(&Tensor, &Tensor)> {
-        if self.is_active() {
-            Some((self.lora_a.as_tensor(), self.lora_b.as_tensor()))
+    /// The factors the layer adds now, in the activations' dtype `dt`: the
+    /// trained ones with the switch on, the anchor (or none) with it off.
+    /// Factors of a half-precision model are f32 master weights (see
+    /// [`master_dtype`]); the cast is in the graph, so their gradients
+    /// arrive in f32.
+    fn factors(&self, dt: DType) -> Result<Option<(Tensor, Tensor)>> {
+        let (a, b) = if self.is_active() {
+            (self.lora_a.as_tensor(), self.lora_b.as_tensor())
         } else {
-            self.anchor.as_ref().map(|(a, b)| (a, b))
-        }
+            match &self.anchor {
+                Some((a, b)) => (a, b),
+                None => return Ok(None),
+            }
+        };
+        Ok(Some((in_dtype(a, dt)?, in_dtype(b, dt)?)))
     }
 
     /// `scale * B(A(x))` for a Linear's input `x` [..., in]; None when the
     /// switch is off and there is no anchor (the layer is then the base's
     /// bit for bit).
     pub fn linear_delta(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let Some((a, b)) = self.factors() else { return Ok(None) };
-        let h = matmul_last(x, a)?;
-        Ok(Some((matmul_last(&h, b)? * self.effective_scale())?))
+        let Some((a, b)) = self.factors(x.dtype())? else { return Ok(None) };
+        let h = matmul_last(x, &a)?;
+        Ok(Some((matmul_last(&h, &b)? * self.effective_scale())?))
     }
 
     /// `scale * B(A(x))` for a Conv2d's input `x` [B, C, H, W]; None as
     /// [`Self::linear_delta`].
     pub fn conv_delta(&self, x: &Tensor, stride: usize, padding: usize) -> Result<Option<Tensor>> {
-        let Some((a, b)) = self.factors() else { return Ok(None) };
-        let h = Conv2d::new(a.clone(), None, stride, padding).forward(x)?;
-        Ok(Some((Conv2d::new(b.clone(), None, 1, 0).forward(&h)? * self.effective_scale())?))
+        let Some((a, b)) = self.factors(x.dtype())? else { return Ok(None) };
+        let h = Conv2d::new(a, None, stride, padding).forward(x)?;
+        Ok(Some((Conv2d::new(b, None, 1, 0).forward(&h)? * self.effective_scale())?))
     }
 
     /// The adapter's tensors, detached, for export.
@@ -201,6 +208,24 @@ impl LoraWeights {
         let s = self.alpha / self.rank() as f64 * multiplier;
         (b.matmul(&a)? * s)?.reshape(weight_dims)
     }
+}
+
+/// `t` in dtype `dt`: itself when it already is (no op in the graph), else
+/// a cast that gradients flow back through.
+pub(crate) fn in_dtype(t: &Tensor, dt: DType) -> Result<Tensor> {
+    if t.dtype() == dt {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(dt)
+    }
+}
+
+/// The dtype trained parameters are kept in for a model of dtype `dt`:
+/// f32 master weights for f16 / bf16 models (AdamW's eps of 1e-8 rounds to
+/// 0 in f16, and half-precision updates of lr * 1e-4 vanish), the model's
+/// own otherwise. Also the dtype of LoRA files and merges.
+pub fn master_dtype(dt: DType) -> DType {
+    wide(dt)
 }
 
 /// The dtype merges are computed in: f64 stays, anything else goes to f32.
@@ -448,7 +473,7 @@ pub fn apply_lora_with(model: &mut dyn Modules, cfg: &LoraConfig, switch: &LoraS
             candle_core::bail!("{path} already has a LoRA adapter");
         }
         let w = weight_of(&layer);
-        let (dtype, dev) = (w.dtype(), w.device().clone());
+        let (dtype, dev) = (master_dtype(w.dtype()), w.device().clone());
         let (da, db) = factor_dims(&layer, cfg.rank)?;
         let a = Var::from_tensor(&init_a(&mut rng, cfg.init, &da, dtype, &dev)?)?;
         let b = Var::from_tensor(&Tensor::zeros(db, dtype, &dev)?)?;
@@ -492,7 +517,7 @@ pub fn attach_lora(model: &mut dyn Modules, weights: &[LoraWeights], switch: &Lo
             return Ok(());
         };
         let base = weight_of(&layer);
-        let (dtype, dev) = (base.dtype(), base.device().clone());
+        let (dtype, dev) = (master_dtype(base.dtype()), base.device().clone());
         let a = Var::from_tensor(&a.to_dtype(dtype)?.to_device(&dev)?)?;
         let b = Var::from_tensor(&b.to_dtype(dtype)?.to_device(&dev)?)?;
         let lora = Lora::new(a, b, w.alpha, switch.clone())?;
@@ -560,11 +585,13 @@ pub fn make_trainable(model: &mut dyn Modules, targets: &LoraTargets, bias: bool
             LayerMut::Linear(l) => (&mut l.weight, &mut l.bias),
             LayerMut::Conv2d(c) => (&mut c.weight, &mut c.bias),
         };
-        let v = Var::from_tensor(w)?;
+        // Master weights (f32 for a half-precision model); the layer casts
+        // them to the activations' dtype in its forward.
+        let v = Var::from_tensor(&w.to_dtype(master_dtype(w.dtype()))?)?;
         *w = v.as_tensor().clone();
         out.push((format!("{path}.weight"), v));
         if let (true, Some(b)) = (bias, b.as_mut()) {
-            let v = Var::from_tensor(b)?;
+            let v = Var::from_tensor(&b.to_dtype(master_dtype(b.dtype()))?)?;
             *b = v.as_tensor().clone();
             out.push((format!("{path}.bias"), v));
         }

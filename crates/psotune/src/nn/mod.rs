@@ -6,6 +6,6 @@ pub mod modules;
 pub mod weights;
 
 pub use layers::{Conv2d, GroupNorm, LayerNorm, Linear};
-pub use lora::{anchor_lora, apply_lora, apply_lora_with, attach_lora, make_trainable, merge_lora, Lora, LoraConfig, LoraInit, LoraSet, LoraSwitch, LoraTargets, LoraWeights, TargetPreset};
+pub use lora::{anchor_lora, apply_lora, apply_lora_with, attach_lora, make_trainable, master_dtype, merge_lora, Lora, LoraConfig, LoraInit, LoraSet, LoraSwitch, LoraTargets, LoraWeights, TargetPreset};
 pub use modules::{LayerMut, Modules};
 pub use weights::Weights;

@@ -100,6 +100,21 @@ impl Weights {
         Ok(Self::from_tensors(tensors, source, dtype, device))
     }
 
+    /// [`Self::from_files`] with every float tensor rounded to `through`
+    /// first and handed out in `dtype`: bf16 weights computed with in f32
+    /// on a device that has no bf16 kernels.
+    pub fn from_files_rounded(paths: &[PathBuf], through: DType, dtype: DType, device: &Device) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for p in paths {
+            for (k, t) in read_safetensors(p)? {
+                let t = if t.dtype().is_float() { t.to_dtype(through)?.to_dtype(dtype)? } else { t };
+                tensors.insert(k, t);
+            }
+        }
+        let source = paths.first().cloned().unwrap_or_default();
+        Ok(Self::from_tensors(tensors, source, dtype, device))
+    }
+
     /// Hand out every tensor as a trainable `Var` (see [`Weights::vars`]).
     pub fn trainable(self) -> Self {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {

@@ -29,6 +29,24 @@ impl Default for LoadOptions {
     }
 }
 
+impl LoadOptions {
+    /// The dtype the loaded model computes in: `dtype`, except bf16 on the
+    /// CPU, where candle 0.11 has no bf16 matrix product or convolution:
+    /// there the weights are rounded to bf16 (the values a GPU run holds)
+    /// and computed with in f32, so that one config runs on both.
+    pub fn compute_dtype(&self) -> DType {
+        if self.bf16_through_f32() {
+            DType::F32
+        } else {
+            self.dtype
+        }
+    }
+
+    fn bf16_through_f32(&self) -> bool {
+        self.dtype == DType::BF16 && self.device.is_cpu()
+    }
+}
+
 /// Build one component from its weight files and check that nothing was
 /// missing, unused or mis-shaped. A build error caused by bad weights is
 /// reported as the weight problem, which is the useful message.
@@ -39,7 +57,11 @@ pub fn load_component<T>(
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
     let files = folder.weight_files(component, opts.variant.as_deref())?;
-    let weights = Weights::from_files(&files, opts.dtype, &opts.device)?;
+    let weights = if opts.bf16_through_f32() {
+        Weights::from_files_rounded(&files, DType::BF16, DType::F32, &opts.device)?
+    } else {
+        Weights::from_files(&files, opts.dtype, &opts.device)?
+    };
     match build(weights.var_builder()) {
         Ok(model) => {
             weights.finish()?;

@@ -72,11 +72,6 @@ pub struct Chain {
 
 impl Pipeline {
     pub fn load(root: &Path, opts: &LoadOptions) -> Result<Self> {
-        if opts.dtype == DType::BF16 && opts.device.is_cpu() {
-            // Checked here so the user gets one clear line instead of a
-            // failure deep inside the first convolution.
-            return Err(Error::invalid("bf16 compute is not available on the CPU (candle 0.11 has no bf16 matmul there); use f32 or f16, or a CUDA device"));
-        }
         let folder = ModelFolder::open(root)?;
         let scheduler = SchedulerConfig::from_file(folder.component_dir("scheduler").join("scheduler_config.json"))?;
         let unet = load::load_unet(&folder, opts)?;
@@ -103,7 +98,7 @@ impl Pipeline {
             scheduler,
             defaults,
             force_zeros_for_empty_prompt,
-            dtype: opts.dtype,
+            dtype: opts.compute_dtype(),
             device: opts.device.clone(),
         })
     }

@@ -51,7 +51,11 @@ pub struct RunConfig {
 pub struct ModelConfig {
     /// A diffusers model folder (model_index.json, unet/, vae/, text_encoder/, ...).
     pub path: PathBuf,
-    /// Compute dtype: f32 (CPU training) or f16 / bf16 on a GPU.
+    /// Dtype of the frozen base weights and of the activations: f32, f16 or
+    /// bf16. Trained parameters (LoRA factors, full-tuning groups) and
+    /// AdamW's moments are f32 master weights whatever this says. On the
+    /// CPU, bf16 weights are rounded to bf16 and computed with in f32
+    /// (candle has no bf16 CPU kernels), so one config runs on both.
     #[serde(default = "default_dtype")]
     pub dtype: String,
     /// Weight-file variant to prefer (`fp16` for `*.fp16.safetensors`).
