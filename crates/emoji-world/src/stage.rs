@@ -145,6 +145,7 @@ impl Trainer {
             optimizer: &self.opt,
             rng,
             data_cursor: serde_json::to_value(&self.data)?,
+            loss_scale: None,
         })?;
         Ok(())
     }

@@ -468,6 +468,8 @@ fn half_precision_bases_train_f32_adapters_close_to_f32() {
         let m = metrics(&run);
         assert_eq!(m.len(), 20, "{dt}");
         assert!(m.iter().all(|v| v["loss"].as_f64().unwrap().is_finite() && v["grad_norm"].as_f64().unwrap().is_finite()), "{dt}: {m:?}");
+        // f16 runs scale the loss dynamically and say so; f32 and bf16 do not.
+        assert_eq!(m.iter().all(|v| v["loss_scale"].as_f64().is_some_and(|s| s >= 1.0) && v["skipped"].is_u64()), dt == "f16", "{dt}: {:?}", m[0]);
         let w = psotune::nn::weights::read_safetensors(&run.join("checkpoints/step-000020/weights.safetensors")).unwrap();
         assert!(w.values().all(|t| t.dtype() == DType::F32), "{dt}: checkpointed factors are not f32");
         let out_file = dir.join(format!("{dt}.safetensors"));

@@ -144,7 +144,7 @@ fn train(root: &Path) -> psotune::Result<()> {
             rng.insert("timesteps".to_string(), NoiseRngState { seed: TIMESTEP_SEED, word_pos: t_rng.get_word_pos() });
             let weights = vars_to_tensors(opt.params());
             let data_cursor = serde_json::json!({ "next": cursor });
-            run.save(&CheckpointContents { step, weights: &weights, optimizer: &opt, rng, data_cursor })?;
+            run.save(&CheckpointContents { step, weights: &weights, optimizer: &opt, rng, data_cursor, loss_scale: None })?;
         }
         println!("STEP {step}");
     }

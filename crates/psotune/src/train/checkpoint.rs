@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::loss_scale::LossScale;
 use super::optim::AdamW;
 use crate::diffusion::NoiseRngState;
 use crate::error::{Error, Result, WeightReport};
@@ -35,6 +36,9 @@ pub struct TrainState {
     pub data_cursor: serde_json::Value,
     /// [`config_hash`] of the run's resolved `config.toml`.
     pub config_hash: String,
+    /// The dynamic loss scale of an f16 run (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
 }
 
 /// What a caller hands to [`super::RunDir::save`].
@@ -45,6 +49,8 @@ pub struct CheckpointContents<'a> {
     pub optimizer: &'a AdamW,
     pub rng: BTreeMap<String, NoiseRngState>,
     pub data_cursor: serde_json::Value,
+    /// The f16 run's loss scale after this step.
+    pub loss_scale: Option<LossScale>,
 }
 
 /// A complete checkpoint found on disk.

@@ -62,6 +62,14 @@ impl Grads {
         Ok(sum_sq.sqrt())
     }
 
+    /// Multiplies every gradient by `f` (unscaling after a scaled loss).
+    pub fn scale_by(&mut self, f: f64) -> Result<()> {
+        for g in self.map.values_mut() {
+            *g = g.affine(f, 0.0)?;
+        }
+        Ok(())
+    }
+
     /// `torch.nn.utils.clip_grad_norm_(params, max_norm)` with the L2 norm:
     /// scale every gradient by `max_norm / (norm + 1e-6)` when that is below 1,
     /// and return the norm before clipping. As in PyTorch (with

@@ -25,6 +25,7 @@
 mod adamw_kernel;
 mod checkpoint;
 mod grads;
+mod loss_scale;
 mod optim;
 mod run_dir;
 mod schedule;
@@ -38,6 +39,7 @@ pub use checkpoint::{
     STATE_FILE, WEIGHTS_FILE,
 };
 pub use grads::{GradAccumulator, Grads};
+pub use loss_scale::{LossScale, ScaledStep};
 pub use optim::{AdamW, AdamWConfig};
 pub use run_dir::{RunDir, WriteStage, CHECKPOINTS_DIR, CONFIG_FILE};
 pub use schedule::LrSchedule;

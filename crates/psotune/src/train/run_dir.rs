@@ -136,6 +136,7 @@ impl RunDir {
             rng: c.rng.clone(),
             data_cursor: c.data_cursor.clone(),
             config_hash: self.config_hash.clone(),
+            loss_scale: c.loss_scale,
         };
         let state_path = tmp.join(STATE_FILE);
         let json = serde_json::to_string_pretty(&state).map_err(|source| Error::Json { path: state_path.clone(), source })?;

@@ -246,7 +246,7 @@ fn save_step(run: &RunDir, opt: &AdamW, step: u64) -> Checkpoint {
     let mut rng = BTreeMap::new();
     rng.insert("noise".to_string(), NoiseRngState { seed: 7, word_pos: 1000 + step as u128 });
     let contents =
-        CheckpointContents { step, weights: &weights, optimizer: opt, rng, data_cursor: serde_json::json!({ "next": step * 2 }) };
+        CheckpointContents { step, weights: &weights, optimizer: opt, rng, data_cursor: serde_json::json!({ "next": step * 2 }), loss_scale: None };
     run.save(&contents).unwrap()
 }
 

@@ -32,8 +32,15 @@ pub struct StepMetrics {
     pub margin: Option<f64>,
     /// Learning rate of this step's update.
     pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
+    /// Global gradient norm before clipping; None for an f16 step skipped
+    /// because its gradients overflowed.
+    pub grad_norm: Option<f64>,
+    /// f16 runs: the dynamic loss scale after this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// f16 runs: steps skipped for overflow so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<u64>,
     /// Wall-clock seconds of the step.
     pub seconds: f64,
     /// Mean one-step transfer term (x0 MSE), when `objective.one-step-transfer` is on.

@@ -39,7 +39,7 @@ use crate::diffusion::{NoiseRng, NoiseRngState, NoiseSchedule};
 use crate::error::{Error, Result};
 use crate::objectives::{to_epsilon, Objective, Predictions};
 use crate::pipeline::{Family, LoadOptions, Pipeline, PromptEmbeds};
-use crate::train::{vars_to_tensors, AdamW, AdamWConfig, CheckpointContents, GradAccumulator, RunDir};
+use crate::train::{vars_to_tensors, AdamW, AdamWConfig, Checkpoint, CheckpointContents, GradAccumulator, Grads, LossScale, RunDir, ScaledStep};
 
 pub use artefacts::{StepMetrics, METRICS_FILE, REFERENCES_DIR, SAMPLES_DIR};
 pub use config::{DataConfig, RunConfig};
@@ -185,15 +185,61 @@ fn load_pipeline(cfg: &RunConfig) -> Result<(Pipeline, (usize, usize))> {
 /// AdamW moments, the noise stream, the second stream (its seed, state and
 /// word, saved under the word plus "s") and the data cursor; noted above
 /// the bar. Returns the checkpoint's directory.
-fn save_checkpoint(run: &RunDir, pb: &ProgressBar, step: u64, opt: &AdamW, noise: &NoiseRng, second: (&ChaCha8Rng, u64, &str), cursor: u64) -> Result<PathBuf> {
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(run: &RunDir, pb: &ProgressBar, step: u64, opt: &AdamW, noise: &NoiseRng, second: (&ChaCha8Rng, u64, &str), cursor: u64, loss_scale: Option<LossScale>) -> Result<PathBuf> {
     let mut rng = BTreeMap::new();
     rng.insert("noise".to_string(), noise.state());
     rng.insert(format!("{}s", second.2), rng_state(second.0, second.1));
     let weights = vars_to_tensors(opt.params());
     let data_cursor = serde_json::json!({ "next": cursor });
-    let ck = run.save(&CheckpointContents { step, weights: &weights, optimizer: opt, rng, data_cursor })?;
+    let ck = run.save(&CheckpointContents { step, weights: &weights, optimizer: opt, rng, data_cursor, loss_scale })?;
     note(pb, format!("checkpoint {}", ck.dir().display()));
     Ok(ck.dir().to_path_buf())
+}
+
+/// The dynamic loss scale of an f16 run (none for f32 and bf16), as the
+/// checkpoint it resumes from left it.
+fn loss_scaler(pipe: &Pipeline, latest: Option<&Checkpoint>) -> Option<LossScale> {
+    (pipe.dtype == DType::F16).then(|| latest.and_then(|c| c.state().loss_scale).unwrap_or_default())
+}
+
+/// `loss` times the loss scale, for the backward pass.
+fn scaled(loss: &Tensor, scaler: Option<&LossScale>) -> Result<Tensor> {
+    Ok(match scaler {
+        Some(s) => (loss * s.scale)?,
+        None => loss.clone(),
+    })
+}
+
+/// The end of a step: unscale, check, clip and apply the gradients.
+/// Returns the gradient norm before clipping, or None when an f16 step
+/// overflowed and was skipped (the scale halved). Nothing is applied when
+/// a gradient is not finite, so a NaN never reaches the weights, the AdamW
+/// moments or a checkpoint: that ends the run with an error (f32 and bf16,
+/// or f16 at the smallest scale).
+fn apply_gradients(mut grads: Grads, scaler: &mut Option<LossScale>, grad_clip: f64, lr: f64, opt: &mut AdamW, step: u64) -> Result<Option<f64>> {
+    let mut norm = grads.global_norm()?;
+    if let Some(s) = scaler.as_mut() {
+        let scale = s.scale;
+        match s.update(norm) {
+            ScaledStep::Skip => return Ok(None),
+            ScaledStep::Apply => {
+                grads.scale_by(1.0 / scale)?;
+                norm /= scale;
+            }
+            ScaledStep::Fault => {}
+        }
+    }
+    if !norm.is_finite() {
+        let msg = format!("step {}: the gradient norm is {norm}; nothing was applied and the last checkpoint is intact; lower optim.lr or check the data", step + 1);
+        return Err(Error::invalid(msg));
+    }
+    if grad_clip > 0.0 {
+        grads.clip_global_norm(grad_clip)?;
+    }
+    opt.set_lr(lr);
+    opt.step(&grads)?;
+    Ok(Some(norm))
 }
 
 /// The training progress bar, noting a resume.
@@ -275,6 +321,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     // 0d. Start fresh or resume from the newest complete checkpoint.
     let Start { mut step, mut noise, rng: mut t_rng, mut cursor } = start(latest.as_ref(), &mut opt, noise_seed, (t_seed, "timestep"))?;
     let resumed_from = step;
+    let mut scaler = loss_scaler(&pipe, latest.as_ref());
     let mut metrics = artefacts::MetricsLog::open(&run_dir.join(METRICS_FILE), step)?;
     let pb = progress_bar(o.max_steps, resumed_from);
     let grid = |step: u64| -> Result<()> {
@@ -356,7 +403,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
                 reference_frozen: reference_frozen.as_ref(),
             })?;
             // 6. Backward.
-            acc.add_store(&out.loss.backward()?, opt.params())?;
+            acc.add_store(&scaled(&out.loss, scaler.as_ref())?.backward()?, opt.params())?;
             loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             acc_sum = out.acc.map(|a| acc_sum.unwrap_or(0.0) + a);
             margin_sum = out.margin.map(|m| margin_sum.unwrap_or(0.0) + m);
@@ -369,20 +416,21 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
                 let policy = own_embeds.as_ref().unwrap_or(&batch.embeds);
                 let term = transfer::one_step_transfer(&pipe, sw, chain.as_ref(), policy, &batch.embeds, batch.target.dims(), size, &mut noise)?;
                 // Part of this micro-batch's loss, not another micro-batch.
-                acc.add_term_store(&(&term * transfer_weight)?.backward()?, opt.params())?;
+                acc.add_term_store(&scaled(&(&term * transfer_weight)?, scaler.as_ref())?.backward()?, opt.params())?;
                 transfer_sum = Some(transfer_sum.unwrap_or(0.0) + term.to_dtype(DType::F64)?.to_scalar::<f64>()?);
             }
         }
-        // 7. Clip and step.
-        let mut grads = acc.finish()?;
-        let grad_norm = if o.grad_clip > 0.0 { grads.clip_global_norm(o.grad_clip)? } else { grads.global_norm()? };
+        // 7. Check, clip and step: a non-finite loss stops the run before
+        // anything is applied.
+        let n = o.grad_accum as f64;
+        if !(loss_sum / n).is_finite() {
+            return Err(Error::invalid(format!("step {}: the loss is {}; nothing was applied and the last checkpoint is intact; lower optim.lr or check the data", step + 1, loss_sum / n)));
+        }
         let lr = lr_schedule.lr(o.lr, step);
-        opt.set_lr(lr);
-        opt.step(&grads)?;
+        let grad_norm = apply_gradients(acc.finish()?, &mut scaler, o.grad_clip, lr, &mut opt, step)?;
         step += 1;
 
         // 8. Log.
-        let n = o.grad_accum as f64;
         let m = StepMetrics {
             step,
             loss: loss_sum / n,
@@ -390,13 +438,12 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             margin: margin_sum.map(|a| a / n),
             lr,
             grad_norm,
+            loss_scale: scaler.map(|s| s.scale),
+            skipped: scaler.map(|s| s.skipped),
             seconds: t0.elapsed().as_secs_f64(),
             transfer: transfer_sum.map(|v| v / n),
             by_timestep: (!by_timestep.is_empty()).then_some(by_timestep),
         };
-        if !m.loss.is_finite() {
-            return Err(Error::invalid(format!("step {step}: the loss is {}; lower optim.lr or check the data", m.loss)));
-        }
         metrics.write(&m)?;
         final_loss = Some(m.loss);
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
@@ -409,9 +456,60 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             grid(step)?;
         }
         if last || step % cfg.checkpoint.every == 0 {
-            last_checkpoint = save_checkpoint(&run, &pb, step, &opt, &noise, (&t_rng, t_seed, "timestep"), cursor)?;
+            last_checkpoint = save_checkpoint(&run, &pb, step, &opt, &noise, (&t_rng, t_seed, "timestep"), cursor, scaler)?;
         }
     }
     pb.finish();
     Ok(Summary { steps: step, resumed_from, final_loss, last_checkpoint, seconds: started.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod step_tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn setup() -> (AdamW, Var) {
+        let v = Var::from_tensor(&Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap()).unwrap();
+        (AdamW::new(vec![("w".into(), v.clone())], AdamWConfig::default()).unwrap(), v)
+    }
+
+    fn grads(vals: [f32; 2]) -> Grads {
+        let mut g = Grads::default();
+        g.insert("w", Tensor::new(&vals, &Device::Cpu).unwrap());
+        g
+    }
+
+    fn values(v: &Var) -> Vec<f32> {
+        v.as_tensor().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn an_overflowed_f16_step_is_skipped_and_a_finite_one_unscaled() {
+        let (mut opt, v) = setup();
+        let mut scaler = Some(LossScale::default());
+        let norm = apply_gradients(grads([f32::INFINITY, 1.0]), &mut scaler, 1.0, 1e-3, &mut opt, 0).unwrap();
+        assert_eq!(norm, None);
+        assert_eq!(values(&v), [1.0, 2.0], "a skipped step changed the weights");
+        let s = scaler.unwrap();
+        assert_eq!((s.scale, s.skipped), (32768.0, 1));
+        // Scaled gradients 3 * 32768 and 4 * 32768: the reported norm is the
+        // unscaled 5.
+        let norm = apply_gradients(grads([3.0 * 32768.0, 4.0 * 32768.0]), &mut scaler, 0.0, 1e-3, &mut opt, 1).unwrap();
+        assert!((norm.unwrap() - 5.0).abs() < 1e-9, "{norm:?}");
+        assert_ne!(values(&v), [1.0, 2.0]);
+    }
+
+    #[test]
+    fn a_non_finite_gradient_is_an_error_and_applies_nothing() {
+        for bad in [f32::NAN, f32::INFINITY] {
+            let (mut opt, v) = setup();
+            let err = apply_gradients(grads([bad, 1.0]), &mut None, 1.0, 1e-3, &mut opt, 6).unwrap_err().to_string();
+            assert!(err.contains("step 7") && err.contains("gradient norm") && err.contains("nothing was applied"), "{err}");
+            assert_eq!(values(&v), [1.0, 2.0]);
+            // An f16 run at the smallest scale: the same.
+            let mut scaler = Some(LossScale { scale: 1.0, good_steps: 0, skipped: 4 });
+            assert!(apply_gradients(grads([bad, 1.0]), &mut scaler, 1.0, 1e-3, &mut opt, 6).is_err());
+            assert_eq!(values(&v), [1.0, 2.0]);
+        }
+    }
 }

@@ -237,8 +237,15 @@ pub struct OnlineMetrics {
     /// Pairs dropped as ties.
     pub ties: usize,
     pub lr: f64,
-    /// Global gradient norm before clipping (None when nothing was trained).
+    /// Global gradient norm before clipping (None when nothing was trained,
+    /// or an f16 step overflowed and was skipped).
     pub grad_norm: Option<f64>,
+    /// f16 runs: the dynamic loss scale after this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// f16 runs: steps skipped for overflow so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<u64>,
     pub seconds: f64,
     /// Validation reward, on the steps where it was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,6 +366,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
     let super::Start { mut step, mut noise, rng: mut pick_rng, mut cursor } =
         super::start(latest.as_ref(), &mut opt, noise_seed, (pick_seed, "transition"))?;
     let resumed_from = step;
+    let mut scaler = super::loss_scaler(&pipe, latest.as_ref());
     let mut metrics = super::artefacts::MetricsLog::open(&run_dir.join(super::METRICS_FILE), step)?;
     let mut val_log = super::artefacts::MetricsLog::open(&run_dir.join(VALIDATION_FILE), step)?;
 
@@ -427,7 +435,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
                     }
                     _ => d3po_online(&w, &l, beta, online.clip)?,
                 };
-                acc.add_store(&out.loss.backward()?, opt.params())?;
+                acc.add_store(&super::scaled(&out.loss, scaler.as_ref())?.backward()?, opt.params())?;
                 loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 acc_sum += out.acc.unwrap_or(0.0);
                 margin_sum += out.margin.unwrap_or(0.0);
@@ -435,17 +443,14 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             }
         }
 
-        // 5. Clip and step (skipped when every pair tied: nothing to learn from).
+        // 5. Check, clip and step (skipped when every pair tied: nothing
+        // to learn from). A non-finite loss stops the run before anything
+        // is applied.
         let lr = lr_schedule.lr(o.lr, step);
-        let grad_norm = if trained > 0 {
-            let mut grads = acc.finish()?;
-            let norm = if o.grad_clip > 0.0 { grads.clip_global_norm(o.grad_clip)? } else { grads.global_norm()? };
-            opt.set_lr(lr);
-            opt.step(&grads)?;
-            Some(norm)
-        } else {
-            None
-        };
+        if trained > 0 && !(loss_sum / trained as f64).is_finite() {
+            return Err(Error::invalid(format!("step {}: the loss is {}; nothing was applied and the last checkpoint is intact; lower optim.lr", step + 1, loss_sum / trained as f64)));
+        }
+        let grad_norm = if trained > 0 { super::apply_gradients(acc.finish()?, &mut scaler, o.grad_clip, lr, &mut opt, step)? } else { None };
         step += 1;
 
         // 6. Log.
@@ -462,12 +467,11 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
             ties,
             lr,
             grad_norm,
+            loss_scale: scaler.map(|s| s.scale),
+            skipped: scaler.map(|s| s.skipped),
             seconds: t0.elapsed().as_secs_f64(),
             val_reward: None,
         };
-        if let Some(l) = m.loss.filter(|l| !l.is_finite()) {
-            return Err(Error::invalid(format!("step {step}: the loss is {l}; lower optim.lr")));
-        }
         final_loss = m.loss.or(final_loss);
 
         // 7. Validation reward and grid.
@@ -484,7 +488,7 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
 
         // 8. Checkpoint.
         if last || step % cfg.checkpoint.every == 0 {
-            last_checkpoint = super::save_checkpoint(&run, &pb, step, &opt, &noise, (&pick_rng, pick_seed, "transition"), cursor)?;
+            last_checkpoint = super::save_checkpoint(&run, &pb, step, &opt, &noise, (&pick_rng, pick_seed, "transition"), cursor, scaler)?;
         }
     }
     pb.finish();

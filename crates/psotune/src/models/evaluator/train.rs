@@ -229,6 +229,7 @@ pub(crate) fn train_until(
             optimizer: opt,
             rng: BTreeMap::new(),
             data_cursor: cursor,
+            loss_scale: None,
         };
         run.save(&contents).map(|_| ())
     };
