@@ -1,6 +1,6 @@
 //! Parsing --device and --dtype.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
 pub fn parse_dtype(s: &str) -> Result<DType> {
@@ -13,16 +13,5 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
-    if s == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    if let Some(rest) = s.strip_prefix("cuda") {
-        let ordinal = match rest.strip_prefix(':') {
-            Some(n) => n.parse()?,
-            None if rest.is_empty() => 0,
-            None => bail!("unknown --device {s:?} (expected cpu or cuda[:N])"),
-        };
-        return Ok(Device::new_cuda(ordinal)?);
-    }
-    bail!("unknown --device {s:?} (expected cpu or cuda[:N])")
+    psotune::pipeline::parse_device(s).context("--device")
 }

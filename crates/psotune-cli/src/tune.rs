@@ -23,10 +23,14 @@ pub struct TuneArgs {
     /// Print the resolved config as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Where to compute: cpu or cuda[:N] (`model.device`; also with
+    /// --resume, so a run can move to another machine).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 pub fn run(args: TuneArgs) -> Result<()> {
-    let (cfg, dir, resume) = match (&args.resume, &args.config) {
+    let (mut cfg, dir, resume) = match (&args.resume, &args.config) {
         (Some(dir), _) => {
             let path = dir.join(psotune::train::CONFIG_FILE);
             if args.config.is_some() || !args.set.is_empty() {
@@ -41,6 +45,10 @@ pub fn run(args: TuneArgs) -> Result<()> {
         }
         (None, None) => bail!("give a CONFIG.toml (or --resume RUN_DIR)"),
     };
+    if let Some(d) = &args.device {
+        psotune::pipeline::parse_device(d).context("--device")?;
+        cfg.model.device = Some(d.clone());
+    }
     if args.print_config {
         print!("{}", cfg.to_toml()?);
         return Ok(());

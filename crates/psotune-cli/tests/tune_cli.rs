@@ -495,3 +495,24 @@ fn half_precision_bases_train_f32_adapters_close_to_f32() {
         assert!(rel > 0.0, "{name}: bit-identical to f32, so the base was not in half precision");
     }
 }
+
+/// `model.device` / `--device`: not saved in the run directory (a run moves
+/// between machines), given again on `--resume`; a CUDA device in a CPU
+/// build, or a bad name, is a clear error.
+#[test]
+fn device_is_chosen_per_invocation_not_saved() {
+    let dir = tmp("device");
+    let cfg = write(&dir.join("style.toml"), &config("sd21-tiny", "pso", &style_section(&style_data(&dir)), 1));
+    let run = dir.join("run");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--set", "model.device=\"cpu\"", "--set", "validation.every=100", "--out", run.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(!std::fs::read_to_string(run.join("config.toml")).unwrap().contains("device ="));
+    let (ok, _, err) = psotune(&["tune", "--resume", run.to_str().unwrap(), "--device", "cpu"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = psotune(&["tune", &cfg, "--device", "tpu", "--out", dir.join("x").to_str().unwrap()]);
+    assert!(!ok && err.contains("unknown device \"tpu\""), "{err}");
+    if !candle_core::utils::cuda_is_available() {
+        let (ok, _, err) = psotune(&["tune", &cfg, "--device", "cuda:0", "--out", dir.join("y").to_str().unwrap()]);
+        assert!(!ok && err.contains("built without CUDA"), "{err}");
+    }
+}

@@ -29,6 +29,25 @@ impl Default for LoadOptions {
     }
 }
 
+/// A device by name: `cpu`, `cuda` (GPU 0) or `cuda:N`. A CUDA device in a
+/// build without the `cuda` feature is an error that says so.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let bad = || Error::invalid(format!("unknown device {s:?} (expected cpu, cuda or cuda:N)"));
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let Some(rest) = s.strip_prefix("cuda") else { return Err(bad()) };
+    let ordinal = match rest.strip_prefix(':') {
+        Some(n) => n.parse().map_err(|_| bad())?,
+        None if rest.is_empty() => 0,
+        None => return Err(bad()),
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(Error::invalid(format!("device {s:?}: this psotune was built without CUDA (build it with `--features cuda`, see the README)")));
+    }
+    Device::new_cuda(ordinal).map_err(|e| Error::invalid(format!("device {s:?}: {e}")))
+}
+
 impl LoadOptions {
     /// The dtype the loaded model computes in: `dtype`, except bf16 on the
     /// CPU, where candle 0.11 has no bf16 matrix product or convolution:

@@ -10,6 +10,6 @@ pub mod text;
 
 pub use defaults::{SamplerKind, SamplingDefaults};
 pub use folder::{Family, ModelFolder};
-pub use load::LoadOptions;
+pub use load::{parse_device, LoadOptions};
 pub use sample::{read_init_latents, Chain, Pipeline, SampleOutput, SampleRequest};
 pub use text::PromptEmbeds;

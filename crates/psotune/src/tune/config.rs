@@ -61,6 +61,13 @@ pub struct ModelConfig {
     /// Weight-file variant to prefer (`fp16` for `*.fp16.safetensors`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// Where the run computes: `cpu` (the default) or `cuda[:N]` (a build
+    /// with `--features cuda`). Not saved in the run directory's
+    /// config.toml and not compared by `--resume`: a run started on one
+    /// machine resumes on another (`psotune tune --resume DIR --device ..`).
+    /// Noise is drawn on the host, so a run's numbers do not depend on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Gradient checkpointing: each UNet resnet and transformer keeps only
     /// its inputs and is recomputed in the backward pass. Same gradients,
     /// far less memory (SD 2.1 at 256x256: see the README), about one more
@@ -546,6 +553,19 @@ impl RunConfig {
     /// directory stores).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string(self).map_err(|e| Error::invalid(format!("cannot write the config as TOML: {e}")))
+    }
+
+    /// The config as the run directory saves and `--resume` compares it:
+    /// without `model.device`.
+    pub fn without_device(&self) -> Self {
+        let mut c = self.clone();
+        c.model.device = None;
+        c
+    }
+
+    /// The device `model.device` names (the CPU when unset).
+    pub fn device(&self) -> Result<candle_core::Device> {
+        crate::pipeline::parse_device(self.model.device.as_deref().unwrap_or("cpu"))
     }
 
     /// The compute dtype.

@@ -156,7 +156,7 @@ fn start(latest: Option<&crate::train::Checkpoint>, opt: &mut AdamW, noise_seed:
 /// The run directory for `cfg` and its newest complete checkpoint; a
 /// fresh run (`resume` false) into a directory with checkpoints is refused.
 fn open_run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<(RunDir, Option<crate::train::Checkpoint>)> {
-    let run = RunDir::open(run_dir, &cfg.to_toml()?)?.keep_last(cfg.checkpoint.keep_last);
+    let run = RunDir::open(run_dir, &cfg.without_device().to_toml()?)?.keep_last(cfg.checkpoint.keep_last);
     let latest = run.latest()?;
     if !resume && latest.is_some() {
         let msg = "the run directory already has checkpoints; resume it with --resume or choose a new --out";
@@ -168,7 +168,7 @@ fn open_run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<(RunDir, Op
 /// The config's model, with gradient checkpointing as asked, and the
 /// image size (width, height) it samples at.
 fn load_pipeline(cfg: &RunConfig) -> Result<(Pipeline, (usize, usize))> {
-    let opts = LoadOptions { dtype: cfg.dtype(), variant: cfg.model.variant.clone(), ..Default::default() };
+    let opts = LoadOptions { dtype: cfg.dtype(), device: cfg.device()?, variant: cfg.model.variant.clone() };
     let mut pipe = Pipeline::load(&cfg.model.path, &opts)?;
     pipe.unet.set_gradient_checkpointing(cfg.model.gradient_checkpointing);
     if let Some(g) = cfg.model.guidance {
