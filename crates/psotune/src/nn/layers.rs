@@ -55,11 +55,16 @@ fn over_last_dim(x: &Tensor, out: usize, f: impl Fn(&Tensor) -> Result<Tensor>) 
     }
 }
 
+/// A layer's weight and bias in the activations' dtype `dt`: trained
+/// weights of a half-precision model are f32 masters, cast in the graph
+/// (no op when the dtypes already agree).
+fn params_in(weight: &Tensor, bias: Option<&Tensor>, dt: candle_core::DType) -> Result<(Tensor, Option<Tensor>)> {
+    Ok((in_dtype(weight, dt)?, bias.map(|b| in_dtype(b, dt)).transpose()?))
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // Trained weights of a half-precision model are f32 masters,
-        // computed with in the activations' dtype (a no-op otherwise).
-        let (weight, bias) = (in_dtype(&self.weight, x.dtype())?, self.bias.as_ref().map(|b| in_dtype(b, x.dtype())).transpose()?);
+        let (weight, bias) = params_in(&self.weight, self.bias.as_ref(), x.dtype())?;
         // A frozen weight and bias (LoRA training, every reference pass,
         // sampling) take one op with the bias as the product's start.
         let frozen = !weight.track_op() && weight.rank() == 2 && bias.as_ref().is_none_or(|b| !b.track_op());
@@ -103,8 +108,7 @@ impl Conv2d {
 
 impl ConvKernel for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // f32 master weights of a half-precision model, cast (see Linear).
-        let (weight, bias) = (in_dtype(&self.weight, x.dtype())?, self.bias.as_ref().map(|b| in_dtype(b, x.dtype())).transpose()?);
+        let (weight, bias) = params_in(&self.weight, self.bias.as_ref(), x.dtype())?;
         ops::conv2d_bias(x, &weight, bias.as_ref(), self.stride, self.padding)
     }
 }

@@ -202,7 +202,7 @@ impl LoraWeights {
     /// PEFT's `get_delta_weight` (B is 1x1, so the composition of the two
     /// convolutions is one convolution with kernel `B @ A`).
     pub fn delta(&self, weight_dims: &[usize], multiplier: f64) -> Result<Tensor> {
-        let dt = wide(self.lora_a.dtype());
+        let dt = master_dtype(self.lora_a.dtype());
         let a = self.lora_a.to_dtype(dt)?.flatten_from(1)?;
         let b = self.lora_b.to_dtype(dt)?.flatten_from(1)?;
         let s = self.alpha / self.rank() as f64 * multiplier;
@@ -223,13 +223,9 @@ pub(crate) fn in_dtype(t: &Tensor, dt: DType) -> Result<Tensor> {
 /// The dtype trained parameters are kept in for a model of dtype `dt`:
 /// f32 master weights for f16 / bf16 models (AdamW's eps of 1e-8 rounds to
 /// 0 in f16, and half-precision updates of lr * 1e-4 vanish), the model's
-/// own otherwise. Also the dtype of LoRA files and merges.
+/// own otherwise (f64 stays f64). Also the dtype of LoRA files and of
+/// merges.
 pub fn master_dtype(dt: DType) -> DType {
-    wide(dt)
-}
-
-/// The dtype merges are computed in: f64 stays, anything else goes to f32.
-pub(crate) fn wide(dt: DType) -> DType {
     if dt == DType::F64 {
         DType::F64
     } else {
@@ -545,7 +541,7 @@ pub fn merge_lora(model: &mut dyn Modules) -> Result<usize> {
         let Some(lora) = set_lora(&mut layer, None) else { return Ok(()) };
         let w = weight_of(&layer).clone();
         let delta = lora.weights(path).delta(w.dims(), lora.switch.multiplier())?;
-        let merged = (w.to_dtype(wide(w.dtype()))? + delta.to_device(w.device())?.to_dtype(wide(w.dtype()))?)?.to_dtype(w.dtype())?;
+        let merged = (w.to_dtype(master_dtype(w.dtype()))? + delta.to_device(w.device())?.to_dtype(master_dtype(w.dtype()))?)?.to_dtype(w.dtype())?;
         match &mut layer {
             LayerMut::Linear(l) => l.weight = merged,
             LayerMut::Conv2d(c) => c.weight = merged,

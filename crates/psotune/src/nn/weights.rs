@@ -92,27 +92,19 @@ impl Weights {
 
     /// Read one or more safetensors files (sharded checkpoints give several).
     pub fn from_files(paths: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
-        let mut tensors = HashMap::new();
-        for p in paths {
-            tensors.extend(read_safetensors(p)?);
-        }
-        let source = paths.first().cloned().unwrap_or_default();
-        Ok(Self::from_tensors(tensors, source, dtype, device))
+        let tensors = read_all(paths)?;
+        Ok(Self::from_tensors(tensors, paths.first().cloned().unwrap_or_default(), dtype, device))
     }
 
     /// [`Self::from_files`] with every float tensor rounded to `through`
     /// first and handed out in `dtype`: bf16 weights computed with in f32
     /// on a device that has no bf16 kernels.
     pub fn from_files_rounded(paths: &[PathBuf], through: DType, dtype: DType, device: &Device) -> Result<Self> {
-        let mut tensors = HashMap::new();
-        for p in paths {
-            for (k, t) in read_safetensors(p)? {
-                let t = if t.dtype().is_float() { t.to_dtype(through)?.to_dtype(dtype)? } else { t };
-                tensors.insert(k, t);
-            }
+        let mut tensors = read_all(paths)?;
+        for t in tensors.values_mut().filter(|t| t.dtype().is_float()) {
+            *t = t.to_dtype(through)?.to_dtype(dtype)?;
         }
-        let source = paths.first().cloned().unwrap_or_default();
-        Ok(Self::from_tensors(tensors, source, dtype, device))
+        Ok(Self::from_tensors(tensors, paths.first().cloned().unwrap_or_default(), dtype, device))
     }
 
     /// Hand out every tensor as a trainable `Var` (see [`Weights::vars`]).
@@ -174,6 +166,15 @@ impl Weights {
             Err(Error::Weights { path: self.inner.source.clone(), report })
         }
     }
+}
+
+/// The tensors of all `paths` (a sharded checkpoint's files) in one map.
+fn read_all(paths: &[PathBuf]) -> Result<HashMap<String, Tensor>> {
+    let mut tensors = HashMap::new();
+    for p in paths {
+        tensors.extend(read_safetensors(p)?);
+    }
+    Ok(tensors)
 }
 
 /// Load all tensors of a safetensors file on the CPU, keeping their dtype.

@@ -211,13 +211,18 @@ fn scaled(loss: &Tensor, scaler: Option<&LossScale>) -> Result<Tensor> {
     })
 }
 
-/// The end of a step: unscale, check, clip and apply the gradients.
-/// Returns the gradient norm before clipping, or None when an f16 step
-/// overflowed and was skipped (the scale halved). Nothing is applied when
-/// a gradient is not finite, so a NaN never reaches the weights, the AdamW
-/// moments or a checkpoint: that ends the run with an error (f32 and bf16,
-/// or f16 at the smallest scale).
-fn apply_gradients(mut grads: Grads, scaler: &mut Option<LossScale>, grad_clip: f64, lr: f64, opt: &mut AdamW, step: u64) -> Result<Option<f64>> {
+/// The end of a step whose mean loss was `loss`: check, unscale, clip and
+/// apply the gradients. Returns the gradient norm before clipping, or None
+/// when an f16 step overflowed and was skipped (the scale halved). Nothing
+/// is applied when the loss or a gradient is not finite, so a NaN never
+/// reaches the weights, the AdamW moments or a checkpoint: that ends the
+/// run with an error (f32 and bf16, or f16 at the smallest scale).
+#[allow(clippy::too_many_arguments)]
+fn apply_gradients(mut grads: Grads, loss: f64, scaler: &mut Option<LossScale>, grad_clip: f64, lr: f64, opt: &mut AdamW, step: u64) -> Result<Option<f64>> {
+    let fault = |what: String| Error::invalid(format!("step {}: {what}; nothing was applied and the last checkpoint is intact; lower optim.lr or check the data", step + 1));
+    if !loss.is_finite() {
+        return Err(fault(format!("the loss is {loss}")));
+    }
     let mut norm = grads.global_norm()?;
     if let Some(s) = scaler.as_mut() {
         let scale = s.scale;
@@ -231,8 +236,7 @@ fn apply_gradients(mut grads: Grads, scaler: &mut Option<LossScale>, grad_clip: 
         }
     }
     if !norm.is_finite() {
-        let msg = format!("step {}: the gradient norm is {norm}; nothing was applied and the last checkpoint is intact; lower optim.lr or check the data", step + 1);
-        return Err(Error::invalid(msg));
+        return Err(fault(format!("the gradient norm is {norm}")));
     }
     if grad_clip > 0.0 {
         grads.clip_global_norm(grad_clip)?;
@@ -420,14 +424,10 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
                 transfer_sum = Some(transfer_sum.unwrap_or(0.0) + term.to_dtype(DType::F64)?.to_scalar::<f64>()?);
             }
         }
-        // 7. Check, clip and step: a non-finite loss stops the run before
-        // anything is applied.
+        // 7. Check, clip and step.
         let n = o.grad_accum as f64;
-        if !(loss_sum / n).is_finite() {
-            return Err(Error::invalid(format!("step {}: the loss is {}; nothing was applied and the last checkpoint is intact; lower optim.lr or check the data", step + 1, loss_sum / n)));
-        }
         let lr = lr_schedule.lr(o.lr, step);
-        let grad_norm = apply_gradients(acc.finish()?, &mut scaler, o.grad_clip, lr, &mut opt, step)?;
+        let grad_norm = apply_gradients(acc.finish()?, loss_sum / n, &mut scaler, o.grad_clip, lr, &mut opt, step)?;
         step += 1;
 
         // 8. Log.
@@ -487,14 +487,14 @@ mod step_tests {
     fn an_overflowed_f16_step_is_skipped_and_a_finite_one_unscaled() {
         let (mut opt, v) = setup();
         let mut scaler = Some(LossScale::default());
-        let norm = apply_gradients(grads([f32::INFINITY, 1.0]), &mut scaler, 1.0, 1e-3, &mut opt, 0).unwrap();
+        let norm = apply_gradients(grads([f32::INFINITY, 1.0]), 0.5, &mut scaler, 1.0, 1e-3, &mut opt, 0).unwrap();
         assert_eq!(norm, None);
         assert_eq!(values(&v), [1.0, 2.0], "a skipped step changed the weights");
         let s = scaler.unwrap();
         assert_eq!((s.scale, s.skipped), (32768.0, 1));
         // Scaled gradients 3 * 32768 and 4 * 32768: the reported norm is the
         // unscaled 5.
-        let norm = apply_gradients(grads([3.0 * 32768.0, 4.0 * 32768.0]), &mut scaler, 0.0, 1e-3, &mut opt, 1).unwrap();
+        let norm = apply_gradients(grads([3.0 * 32768.0, 4.0 * 32768.0]), 0.5, &mut scaler, 0.0, 1e-3, &mut opt, 1).unwrap();
         assert!((norm.unwrap() - 5.0).abs() < 1e-9, "{norm:?}");
         assert_ne!(values(&v), [1.0, 2.0]);
     }
@@ -503,12 +503,12 @@ mod step_tests {
     fn a_non_finite_gradient_is_an_error_and_applies_nothing() {
         for bad in [f32::NAN, f32::INFINITY] {
             let (mut opt, v) = setup();
-            let err = apply_gradients(grads([bad, 1.0]), &mut None, 1.0, 1e-3, &mut opt, 6).unwrap_err().to_string();
+            let err = apply_gradients(grads([bad, 1.0]), 0.5, &mut None, 1.0, 1e-3, &mut opt, 6).unwrap_err().to_string();
             assert!(err.contains("step 7") && err.contains("gradient norm") && err.contains("nothing was applied"), "{err}");
             assert_eq!(values(&v), [1.0, 2.0]);
             // An f16 run at the smallest scale: the same.
             let mut scaler = Some(LossScale { scale: 1.0, good_steps: 0, skipped: 4 });
-            assert!(apply_gradients(grads([bad, 1.0]), &mut scaler, 1.0, 1e-3, &mut opt, 6).is_err());
+            assert!(apply_gradients(grads([bad, 1.0]), 0.5, &mut scaler, 1.0, 1e-3, &mut opt, 6).is_err());
             assert_eq!(values(&v), [1.0, 2.0]);
         }
     }

@@ -444,13 +444,9 @@ pub fn run(cfg: &RunConfig, run_dir: &Path, resume: bool) -> Result<Summary> {
         }
 
         // 5. Check, clip and step (skipped when every pair tied: nothing
-        // to learn from). A non-finite loss stops the run before anything
-        // is applied.
+        // to learn from).
         let lr = lr_schedule.lr(o.lr, step);
-        if trained > 0 && !(loss_sum / trained as f64).is_finite() {
-            return Err(Error::invalid(format!("step {}: the loss is {}; nothing was applied and the last checkpoint is intact; lower optim.lr", step + 1, loss_sum / trained as f64)));
-        }
-        let grad_norm = if trained > 0 { super::apply_gradients(acc.finish()?, &mut scaler, o.grad_clip, lr, &mut opt, step)? } else { None };
+        let grad_norm = if trained > 0 { super::apply_gradients(acc.finish()?, loss_sum / trained as f64, &mut scaler, o.grad_clip, lr, &mut opt, step)? } else { None };
         step += 1;
 
         // 6. Log.
